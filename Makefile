@@ -1,0 +1,51 @@
+# otel-kafka-ebpf: `make demo` and `make test` are the two commands a user needs.
+# Everything else here is a step they depend on; each step is idempotent.
+
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+ROOT     := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+VENV     ?= $(ROOT)/.venv
+PY       := $(VENV)/bin/python
+CACHE    ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/otel-kafka-ebpf
+export OKE_CACHE := $(CACHE)
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+# Debian packages the build and the tests need (installed only when missing).
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make tshark kcat iproute2 openjdk-17-jdk-headless maven
+STAMP := $(CACHE)/stamps
+
+.PHONY: help
+help:
+	@echo "make demo    - set up, start a local Kafka, demo clients and the agent (Ctrl-C stops all)"
+	@echo "make test    - set up and run the whole test suite"
+	@echo "make bpf     - build the CO-RE BPF objects"
+	@echo "make kafka-up / kafka-down - start / stop a local single-node Kafka on 127.0.0.1:9092"
+
+include $(sort $(wildcard $(ROOT)/make/*.mk))
+
+.PHONY: apt-deps
+apt-deps: $(STAMP)/apt
+$(STAMP)/apt:
+	$(Q)mkdir -p $(STAMP)
+	$(Q)missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(Q)touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(Q)test -x $(PY) || python3 -m venv $(VENV)
+	$(Q)$(PY) -m pip install -q --upgrade pip
+	$(Q)$(PY) -m pip install -q -e '.[test]'
+	$(Q)touch $@

@@ -1,0 +1,947 @@
+// SPDX-License-Identifier: Apache-2.0
+/* Capture of Kafka client traffic at the socket syscalls.
+ *
+ * enter: filters, fd -> socket, remember the syscall's buffers per thread.
+ * exit:  connection state, Kafka detection, frame walk per direction, bounded copy into the ring
+ *        buffer. Every byte not copied is visible to user space as a jump of the stream offset. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "capture.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET      2
+#define AF_INET6     10
+#define IPPROTO_TCP  6
+#define SOCK_STREAM  1
+#define S_IFMT       00170000
+#define S_IFSOCK     0140000
+#define EINPROGRESS  115
+
+#define KAFKA_MIN_REQUEST  10          /* api_key + api_version + correlation_id + client_id length */
+#define KAFKA_MAX_FRAME    (256 << 20)
+#define KAFKA_MAX_API_KEY  127
+#define KAFKA_MAX_VERSION  40
+#define WALK_MAX_STEPS     8192
+
+
+const volatile struct oke_config cfg = {};
+
+enum conn_verdict { CONN_UNKNOWN = 0, CONN_KAFKA = 1, CONN_OTHER = 2 };
+enum fd_verdict { FD_NOT_SOCKET = 1, FD_NOT_KAFKA = 2 };
+enum op_kind { OP_BUF = 0, OP_IOV = 1, OP_MSG = 2, OP_MMSG = 3 };
+
+struct dir_state {
+	__u64 offset;        /* stream bytes seen so far */
+	__u32 frame_left;    /* body bytes left in the current frame; 0: at a size field */
+	__u32 frame_copied;  /* bytes of the current frame copied (size field included) */
+	__u8  size_have;     /* bytes of the size field seen so far */
+	__u8  synced;        /* frame boundaries known */
+	__u8  gap_flags;     /* reasons for bytes missed since the last event */
+	__u8  pad0;
+	__u8  size_buf[4];
+};
+
+struct conn {
+	__u64 conn_id;
+	__u64 ino;           /* socket inode: tells a reused struct sock from the old one */
+	__u64 open_ts;
+	__u32 tgid;
+	__u8  verdict;
+	__u8  role;
+	__u8  open_sent;
+	__u8  attempts;
+	struct dir_state dir[2];
+};
+
+struct active_op {
+	__u64 sk;
+	__u64 ino;
+	__u64 ptr;           /* buffer, iovec array, msghdr or mmsghdr array */
+	__u32 count;         /* buffer length, iovcnt or vlen */
+	__u8  kind;
+	__u8  direction;
+	__u16 pad0;
+	__u32 fd;
+	__u32 pad1;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, OKE_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);              /* struct sock * */
+	__type(value, struct conn);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, __u64);              /* tgid << 32 | fd */
+	__type(value, __u8);
+} fd_verdicts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);              /* pid_tgid */
+	__type(value, struct active_op);
+} active SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} pid_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);              /* tgids that own Kafka connections, for exit events */
+	__type(value, __u8);
+} kafka_tgids SEC(".maps");
+
+struct scratch_buf {
+	struct oke_data_event ev;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch_buf);
+} scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} next_conn_id SEC(".maps");
+
+static __always_inline void count(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += n;
+}
+
+static __always_inline bool traced(__u32 tgid)
+{
+	if (tgid == cfg.self_tgid)
+		return false;
+	if (cfg.filter_pids && !bpf_map_lookup_elem(&pid_filter, &tgid))
+		return false;
+	if (cfg.cgroup_id && bpf_get_current_ancestor_cgroup_id(cfg.cgroup_level) != cfg.cgroup_id)
+		return false;
+	return true;
+}
+
+static __always_inline __u64 fd_key(__u32 tgid, int fd)
+{
+	return ((__u64)tgid << 32) | (__u32)fd;
+}
+
+/* task -> files -> fdt -> fd[fd] -> file; a TCP socket's struct sock, or NULL. */
+static __always_inline struct sock *tcp_sock_of_fd(int fd, __u64 *ino, bool *is_socket)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *file = NULL;
+	*is_socket = false;
+	if (!fdt || fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	if (!file)
+		return NULL;
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+	if ((BPF_CORE_READ(inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return NULL;
+	*is_socket = true;
+	struct socket *sock = BPF_CORE_READ(file, private_data);
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return NULL;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return NULL;
+	if (BPF_CORE_READ(sock, type) != SOCK_STREAM || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return NULL;
+	*ino = BPF_CORE_READ(inode, i_ino);
+	return sk;
+}
+
+static __always_inline bool port_forced(__u16 lport, __u16 rport)
+{
+#pragma unroll
+	for (int i = 0; i < OKE_MAX_KAFKA_PORTS; i++) {
+		__u16 p = cfg.kafka_ports[i];
+		if (p && (p == lport || p == rport))
+			return true;
+	}
+	return false;
+}
+
+static __always_inline void sock_ports(struct sock *sk, __u16 *lport, __u16 *rport)
+{
+	*lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	*rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
+/* Connection state for sk, created on first sight. NULL when it must not be traced. */
+static __always_inline struct conn *conn_for(__u64 sk_ptr, __u64 ino, __u8 role, __u32 tgid)
+{
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk_ptr);
+	if (c && c->ino == ino)
+		return c;
+	struct sock *sk = (struct sock *)sk_ptr;
+	__u16 lport, rport;
+	sock_ports(sk, &lport, &rport);
+	bool forced = port_forced(lport, rport);
+	if (cfg.ports_only && !forced)
+		return NULL;
+	__u32 zero = 0;
+	__u64 *idp = bpf_map_lookup_elem(&next_conn_id, &zero);
+	if (!idp)
+		return NULL;
+	struct conn fresh = {};
+	fresh.conn_id = __sync_fetch_and_add(idp, 1) + 1;
+	fresh.ino = ino;
+	fresh.open_ts = bpf_ktime_get_ns();
+	fresh.tgid = tgid;
+	fresh.role = role;
+	if (forced) {
+		fresh.verdict = CONN_KAFKA;
+		/* from connect()/accept() we are at the start of both streams */
+		fresh.dir[0].synced = fresh.dir[1].synced = (role != OKE_ROLE_UNKNOWN);
+		if (role == OKE_ROLE_UNKNOWN)
+			fresh.dir[0].gap_flags = fresh.dir[1].gap_flags = OKE_GAP_UNSYNCED;
+	}
+	bpf_map_update_elem(&conns, &sk_ptr, &fresh, BPF_ANY);
+	return bpf_map_lookup_elem(&conns, &sk_ptr);
+}
+
+static __always_inline bool emit_open(struct conn *c, __u64 sk_ptr)
+{
+	struct oke_open_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(OKE_CNT_RINGBUF_DROPS, 1);
+		return false;
+	}
+	struct sock *sk = (struct sock *)sk_ptr;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	e->type = OKE_EV_OPEN;
+	e->pid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	e->role = c->role;
+	e->pad0 = 0;
+	e->conn_id = c->conn_id;
+	e->ts_ns = c->open_ts;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	sock_ports(sk, &e->local_port, &e->remote_port);
+	__builtin_memset(e->local_addr, 0, sizeof(e->local_addr));
+	__builtin_memset(e->remote_addr, 0, sizeof(e->remote_addr));
+	if (e->family == AF_INET) {
+		bpf_probe_read_kernel(e->local_addr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_probe_read_kernel(e->remote_addr, 4, &sk->__sk_common.skc_daddr);
+	} else {
+		bpf_probe_read_kernel(e->local_addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_probe_read_kernel(e->remote_addr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+	count(OKE_CNT_EVENTS, 1);
+	return true;
+}
+
+/* ---- first bytes of a syscall, across iovecs, for detection ---- */
+
+struct peek {
+	__u8 b[64];  /* 16 used; the rest keeps masked variable-offset reads in bounds */
+};
+
+static __always_inline int peek_bytes(struct active_op *op, __u32 total, struct peek *out)
+{
+	__u64 want = total < 16 ? total : 16;
+	barrier_var(want);
+	if (want > 16)
+		return -1;
+	if (op->kind == OP_BUF) {
+		if (bpf_probe_read_user(out->b, want, (void *)op->ptr))
+			return -1;
+		return want;
+	}
+	struct iovec *iov = (struct iovec *)op->ptr;
+	__u32 iovcnt = op->count;
+	if (op->kind == OP_MSG) {
+		struct user_msghdr msg;
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)op->ptr))
+			return -1;
+		iov = msg.msg_iov;
+		iovcnt = msg.msg_iovlen;
+	} else if (op->kind == OP_MMSG) {
+		struct mmsghdr mm;
+		if (bpf_probe_read_user(&mm, sizeof(mm), (void *)op->ptr))
+			return -1;
+		iov = mm.msg_hdr.msg_iov;
+		iovcnt = mm.msg_hdr.msg_iovlen;
+	}
+	__u32 got = 0;
+	for (int i = 0; i < 4; i++) {
+		if (i >= iovcnt || got >= want)
+			break;
+		struct iovec v;
+		if (bpf_probe_read_user(&v, sizeof(v), &iov[i]))
+			return -1;
+		__u64 take = v.iov_len < want - got ? v.iov_len : want - got;
+		barrier_var(take);
+		if (take > 16 || got > 15)
+			return -1;
+		if (take && bpf_probe_read_user(&out->b[got & 15], take, v.iov_base))
+			return -1;
+		got += take;
+	}
+	return got;
+}
+
+static __always_inline bool looks_like_kafka_request(struct peek *p, int n)
+{
+	if (n < 14)
+		return false;
+	__s32 size = (__s32)(((__u32)p->b[0] << 24) | ((__u32)p->b[1] << 16) | ((__u32)p->b[2] << 8) | p->b[3]);
+	__s16 api_key = (__s16)(((__u16)p->b[4] << 8) | p->b[5]);
+	__s16 version = (__s16)(((__u16)p->b[6] << 8) | p->b[7]);
+	__s32 corr = (__s32)(((__u32)p->b[8] << 24) | ((__u32)p->b[9] << 16) | ((__u32)p->b[10] << 8) | p->b[11]);
+	__s16 cid_len = (__s16)(((__u16)p->b[12] << 8) | p->b[13]);
+	if (size < KAFKA_MIN_REQUEST || size > KAFKA_MAX_FRAME)
+		return false;
+	if (api_key < 0 || api_key > KAFKA_MAX_API_KEY || version < 0 || version > KAFKA_MAX_VERSION)
+		return false;
+	if (corr < 0)
+		return false;
+	if (cid_len < -1 || cid_len > size - KAFKA_MIN_REQUEST)
+		return false;
+	return true;
+}
+
+/* ---- the frame walker: one contiguous user buffer per call ---- */
+
+struct walk {
+	struct conn *c;
+	struct dir_state *d;
+	__u64 seg_ptr[OKE_MAX_IOV];   /* the syscall's buffers, in order */
+	__u32 seg_len[OKE_MAX_IOV];
+	__u32 nseg;
+	__u32 seg;           /* current segment */
+	__u64 ptr;           /* current segment's user buffer */
+	__u32 len;
+	__u32 pos;           /* next byte of the segment to classify */
+	__u32 run_start;     /* start of bytes to copy not yet emitted */
+	__u32 run_open;
+	__u64 base_offset;   /* stream offset of ptr[0] */
+	__u64 ts;
+	__u32 pid;
+	__u32 tid;
+	__u8  direction;
+	__u8  failed;
+	__u8  pad[6];
+};
+
+static __always_inline void emit_chunk(struct walk *w, __u32 start, __u32 n32)
+{
+	__u32 zero = 0;
+	struct scratch_buf *sb = bpf_map_lookup_elem(&scratch, &zero);
+	if (!sb)
+		return;
+	struct oke_data_event *e = &sb->ev;
+	__u64 n = n32;
+	barrier_var(n);  /* bound-check the 64-bit register the helpers receive */
+	if (n == 0 || n > OKE_CHUNK_SIZE)
+		return;
+	e->type = OKE_EV_DATA;
+	e->conn_id = w->c->conn_id;
+	e->ts_ns = w->ts;
+	e->offset = w->base_offset + start;
+	e->pid = w->pid;
+	e->tid = w->tid;
+	e->direction = w->direction;
+	e->gap_flags = w->d->gap_flags;
+	e->pad0 = 0;
+	e->pad1 = 0;
+	if (bpf_probe_read_user(e->payload, n, (void *)(w->ptr + start))) {
+		w->d->gap_flags |= OKE_GAP_USER_COPY;
+		count(OKE_CNT_GAP_BYTES, n);
+		return;
+	}
+	e->len = n;
+	if (bpf_ringbuf_output(&events, e, offsetof(struct oke_data_event, payload) + n, 0)) {
+		w->d->gap_flags |= OKE_GAP_RINGBUF;
+		count(OKE_CNT_RINGBUF_DROPS, 1);
+		count(OKE_CNT_GAP_BYTES, n);
+		return;
+	}
+	w->d->gap_flags = 0;
+	count(OKE_CNT_EVENTS, 1);
+	count(OKE_CNT_BYTES, n);
+}
+
+/* Emit at most one chunk of the open run ending at `end`; returns true when the run is done. */
+static __always_inline bool flush_step(struct walk *w, __u32 end)
+{
+	__u32 n = end - w->run_start;
+	if (n > OKE_CHUNK_SIZE)
+		n = OKE_CHUNK_SIZE;
+	if (n)
+		emit_chunk(w, w->run_start, n);
+	w->run_start += n;
+	if (w->run_start >= end) {
+		w->run_open = 0;
+		return true;
+	}
+	return false;
+}
+
+static __always_inline void open_run(struct walk *w)
+{
+	if (!w->run_open) {
+		w->run_open = 1;
+		w->run_start = w->pos;
+	}
+}
+
+static long walk_step(__u32 i, void *ctx)
+{
+	struct walk *w = ctx;
+	struct dir_state *d = w->d;
+	if (w->pos >= w->len) {
+		if (w->run_open) {
+			flush_step(w, w->len);
+			return 0;
+		}
+		/* next buffer of the syscall */
+		w->base_offset += w->len;
+		w->seg++;
+		if (w->seg >= w->nseg || w->seg >= OKE_MAX_IOV)
+			return 1;
+		__u64 idx = w->seg;
+		barrier_var(idx);
+		idx &= OKE_MAX_IOV - 1;
+		w->ptr = w->seg_ptr[idx];
+		w->len = w->seg_len[idx];
+		w->pos = 0;
+		return 0;
+	}
+	/* a full chunk is ready: emit it before classifying more bytes */
+	if (w->run_open && w->pos - w->run_start >= OKE_CHUNK_SIZE) {
+		flush_step(w, w->pos);
+		return 0;
+	}
+	__u32 avail = w->len - w->pos;
+	if (!d->synced) {
+		/* no frame boundaries: copy up to the budget per syscall, flagged unsynced */
+		__u32 budget = cfg.frame_budget;
+		if (w->pos >= budget) {
+			if (w->run_open) {
+				flush_step(w, w->pos);
+				return 0;
+			}
+			d->gap_flags |= OKE_GAP_BUDGET;
+			count(OKE_CNT_GAP_BYTES, avail);
+			w->pos = w->len;
+			return 0;
+		}
+		__u32 take = avail;
+		if (take > budget - w->pos)
+			take = budget - w->pos;
+		if (take > OKE_CHUNK_SIZE)
+			take = OKE_CHUNK_SIZE;
+		open_run(w);
+		w->pos += take;
+		return 0;
+	}
+	if (d->frame_left == 0) {
+		/* size field, possibly split across syscalls */
+		__u32 need = 4 - d->size_have;
+		__u32 take = avail < need ? avail : need;
+		__u8 tmp[8] = {};
+		if (take == 0 || take > 4)
+			return 1;
+		barrier_var(take);
+		if (bpf_probe_read_user(tmp, take & 7, (void *)(w->ptr + w->pos))) {
+			w->failed = 1;
+			return 1;
+		}
+#pragma unroll
+		for (int j = 0; j < 4; j++)
+			if (j < take)
+				d->size_buf[(d->size_have + j) & 3] = tmp[j];
+		open_run(w);
+		w->pos += take;
+		d->size_have += take;
+		if (d->size_have == 4) {
+			__s32 size = (__s32)(((__u32)d->size_buf[0] << 24) | ((__u32)d->size_buf[1] << 16) |
+					     ((__u32)d->size_buf[2] << 8) | d->size_buf[3]);
+			d->size_have = 0;
+			if (size <= 0 || size > KAFKA_MAX_FRAME) {
+				/* not a frame: lose sync rather than guess */
+				d->synced = 0;
+				d->gap_flags |= OKE_GAP_UNSYNCED;
+				return 0;
+			}
+			d->frame_left = size;
+			d->frame_copied = 4;
+		} else {
+			d->frame_copied = d->size_have;
+		}
+		return 0;
+	}
+	/* frame body */
+	__u32 take = avail < d->frame_left ? avail : d->frame_left;
+	__u32 budget_left = cfg.frame_budget > d->frame_copied ? cfg.frame_budget - d->frame_copied : 0;
+	__u32 copy = take < budget_left ? take : budget_left;
+	if (copy) {
+		open_run(w);
+		w->pos += copy;
+		d->frame_copied += copy;
+		d->frame_left -= copy;
+		return 0;
+	}
+	/* over budget: close the run, skip the rest of this frame's bytes in this buffer */
+	if (w->run_open) {
+		flush_step(w, w->pos);
+		return 0;
+	}
+	d->gap_flags |= OKE_GAP_BUDGET;
+	count(OKE_CNT_GAP_BYTES, take);
+	w->pos += take;
+	d->frame_left -= take;
+	return 0;
+}
+
+/* Walk the buffers of one syscall that moved `total` bytes; the stream offset always advances
+ * by exactly `total`, whatever the walk managed to copy. */
+static __always_inline void process_op(struct conn *c, struct active_op *op, __u32 total, __u64 ts)
+{
+	__u8 dir = op->direction & 1;
+	struct dir_state *d = &c->dir[dir];
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct walk w = {
+		.c = c, .d = d, .base_offset = d->offset, .ts = ts,
+		.pid = pid_tgid >> 32, .tid = (__u32)pid_tgid, .direction = dir,
+	};
+	__u64 start = d->offset;
+	__u32 covered = 0;
+	if (op->kind == OP_BUF) {
+		w.seg_ptr[0] = op->ptr;
+		w.seg_len[0] = total;
+		w.nseg = 1;
+		covered = total;
+	} else {
+		struct iovec *iov = (struct iovec *)op->ptr;
+		__u32 iovcnt = op->count;
+		if (op->kind == OP_MSG) {
+			struct user_msghdr msg;
+			if (bpf_probe_read_user(&msg, sizeof(msg), (void *)op->ptr) == 0) {
+				iov = msg.msg_iov;
+				iovcnt = msg.msg_iovlen;
+			} else {
+				iovcnt = 0;
+			}
+		}
+		for (int i = 0; i < OKE_MAX_IOV; i++) {
+			if (i >= iovcnt || covered >= total)
+				break;
+			struct iovec v;
+			if (bpf_probe_read_user(&v, sizeof(v), &iov[i]))
+				break;
+			__u32 n = v.iov_len < total - covered ? v.iov_len : total - covered;
+			w.seg_ptr[i & (OKE_MAX_IOV - 1)] = (__u64)v.iov_base;
+			w.seg_len[i & (OKE_MAX_IOV - 1)] = n;
+			w.nseg = i + 1;
+			covered += n;
+		}
+	}
+	if (w.nseg) {
+		w.ptr = w.seg_ptr[0];
+		w.len = w.seg_len[0];
+		bpf_loop(WALK_MAX_STEPS, walk_step, &w, 0);
+	}
+	bool finished = w.seg >= w.nseg && !w.run_open;
+	if (w.failed || !finished || covered < total) {
+		/* unreadable memory, too many iovecs or the step bound: the rest is a gap of exact length
+		 * and frame boundaries are unknown until resynchronised */
+		__u64 done = w.base_offset + (w.run_open ? w.run_start : w.pos) - start;
+		if (finished)
+			done = covered;
+		count(OKE_CNT_GAP_BYTES, total > done ? total - done : 0);
+		d->synced = 0;
+		d->frame_left = 0;
+		d->size_have = 0;
+		d->gap_flags |= w.failed ? OKE_GAP_USER_COPY : (covered < total ? OKE_GAP_IOVEC : OKE_GAP_LOOP);
+	}
+	d->offset = start + total;
+}
+
+/* Decide whether an unclassified connection speaks Kafka, from this syscall's first bytes. */
+static __always_inline void classify(struct conn *c, struct active_op *op, __u32 total, __u64 sk_ptr, __u32 tgid)
+{
+	/* requests travel from client to server */
+	__u8 req_dir = c->role == OKE_ROLE_SERVER ? OKE_DIR_RECV : OKE_DIR_SEND;
+	if ((op->direction & 1) != req_dir) {
+		if (c->role != OKE_ROLE_UNKNOWN) {
+			/* the peer spoke first: not a Kafka client exchange */
+			c->verdict = CONN_OTHER;
+		}
+		return;
+	}
+	struct peek p = {};
+	int n = peek_bytes(op, total, &p);
+	if (n > 0 && looks_like_kafka_request(&p, n)) {
+		c->verdict = CONN_KAFKA;
+		c->dir[req_dir].synced = 1;
+		if (c->role != OKE_ROLE_UNKNOWN) {
+			c->dir[req_dir ^ 1].synced = 1;
+		} else {
+			/* joined mid-stream: responses in flight have unknown boundaries */
+			c->dir[req_dir].gap_flags = OKE_GAP_UNSYNCED;
+			c->dir[req_dir ^ 1].gap_flags = OKE_GAP_UNSYNCED;
+		}
+		return;
+	}
+	if (c->role != OKE_ROLE_UNKNOWN || ++c->attempts >= OKE_DETECT_ATTEMPTS)
+		c->verdict = CONN_OTHER;
+}
+
+static __always_inline void on_enter(int fd, __u64 ptr, __u32 count_arg, __u8 kind, __u8 direction)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (!traced(tgid))
+		return;
+	count(OKE_CNT_TRACEPOINT_HITS, 1);
+	__u64 key = fd_key(tgid, fd);
+	if (bpf_map_lookup_elem(&fd_verdicts, &key))
+		return;
+	__u64 ino = 0;
+	bool is_socket;
+	struct sock *sk = tcp_sock_of_fd(fd, &ino, &is_socket);
+	if (!sk) {
+		__u8 v = is_socket ? FD_NOT_KAFKA : FD_NOT_SOCKET;
+		bpf_map_update_elem(&fd_verdicts, &key, &v, BPF_ANY);
+		return;
+	}
+	struct active_op op = {
+		.sk = (__u64)sk, .ino = ino, .ptr = ptr, .count = count_arg, .kind = kind,
+		.direction = direction, .fd = fd,
+	};
+	bpf_map_update_elem(&active, &pid_tgid, &op, BPF_ANY);
+}
+
+static __always_inline void on_exit(long ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct active_op *opp = bpf_map_lookup_elem(&active, &pid_tgid);
+	if (!opp)
+		return;
+	struct active_op op = *opp;
+	bpf_map_delete_elem(&active, &pid_tgid);
+	if (ret <= 0)
+		return;
+	__u64 ts = bpf_ktime_get_ns();
+	__u32 tgid = pid_tgid >> 32;
+	struct conn *c = conn_for(op.sk, op.ino, OKE_ROLE_UNKNOWN, tgid);
+	if (!c)
+		return;
+	if (c->verdict == CONN_UNKNOWN) {
+		classify(c, &op, ret, op.sk, tgid);
+		if (c->verdict == CONN_OTHER) {
+			count(OKE_CNT_CONN_OTHER, 1);
+			__u64 key = fd_key(tgid, op.fd);
+			__u8 v = FD_NOT_KAFKA;
+			bpf_map_update_elem(&fd_verdicts, &key, &v, BPF_ANY);
+			return;
+		}
+		if (c->verdict == CONN_UNKNOWN) {
+			c->dir[op.direction & 1].offset += ret;  /* bytes before detection: not captured */
+			return;
+		}
+		count(OKE_CNT_CONN_KAFKA, 1);
+		__u8 one = 1;
+		bpf_map_update_elem(&kafka_tgids, &tgid, &one, BPF_ANY);
+	}
+	if (c->verdict != CONN_KAFKA)
+		return;
+	if (!c->open_sent) {
+		if (!emit_open(c, op.sk)) {
+			c->dir[op.direction & 1].offset += ret;
+			c->dir[op.direction & 1].gap_flags |= OKE_GAP_RINGBUF;
+			return;
+		}
+		c->open_sent = 1;
+	}
+	count(OKE_CNT_SYSCALLS, 1);
+	if (op.kind == OP_MMSG) {
+		/* ret counts messages; each message's msg_len bytes are walked like sendmsg/recvmsg */
+		struct mmsghdr *vec = (struct mmsghdr *)op.ptr;
+		for (int i = 0; i < OKE_MAX_MMSG; i++) {
+			if (i >= ret)
+				break;
+			struct active_op sub = op;
+			sub.kind = OP_MSG;
+			sub.ptr = (__u64)&vec[i].msg_hdr;
+			__u32 len = 0;
+			if (bpf_probe_read_user(&len, sizeof(len), &vec[i].msg_len))
+				break;
+			process_op(c, &sub, len, ts);
+		}
+		return;
+	}
+	process_op(c, &op, ret, ts);
+}
+
+/* ---- syscall tracepoints ---- */
+
+#define ARG(ctx, n) ((ctx)->args[n])
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int enter_write(struct trace_event_raw_sys_enter *ctx)
+{
+	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_BUF, OKE_DIR_SEND);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int enter_read(struct trace_event_raw_sys_enter *ctx)
+{
+	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_BUF, OKE_DIR_RECV);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int enter_sendto(struct trace_event_raw_sys_enter *ctx)
+{
+	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_BUF, OKE_DIR_SEND);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
+{
+	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_BUF, OKE_DIR_RECV);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int enter_writev(struct trace_event_raw_sys_enter *ctx)
+{
+	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_IOV, OKE_DIR_SEND);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_readv")
+int enter_readv(struct trace_event_raw_sys_enter *ctx)
+{
+	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_IOV, OKE_DIR_RECV);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	on_enter(ARG(ctx, 0), ARG(ctx, 1), 0, OP_MSG, OKE_DIR_SEND);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	on_enter(ARG(ctx, 0), ARG(ctx, 1), 0, OP_MSG, OKE_DIR_RECV);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmmsg")
+int enter_sendmmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_MMSG, OKE_DIR_SEND);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmmsg")
+int enter_recvmmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_MMSG, OKE_DIR_RECV);
+	return 0;
+}
+
+#define EXIT_PROG(name)                                                  \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                       \
+	int exit_##name(struct trace_event_raw_sys_exit *ctx)            \
+	{                                                                \
+		on_exit(ctx->ret);                                       \
+		return 0;                                                \
+	}
+
+EXIT_PROG(write)
+EXIT_PROG(read)
+EXIT_PROG(sendto)
+EXIT_PROG(recvfrom)
+EXIT_PROG(writev)
+EXIT_PROG(readv)
+EXIT_PROG(sendmsg)
+EXIT_PROG(recvmsg)
+EXIT_PROG(sendmmsg)
+EXIT_PROG(recvmmsg)
+
+/* connect/accept tell the role and that we are at the start of both streams */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);   /* pid_tgid */
+	__type(value, __s32); /* fd for connect */
+} pending_connect SEC(".maps");
+
+static __always_inline void new_conn(int fd, __u8 role)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	__u64 key = fd_key(tgid, fd);
+	bpf_map_delete_elem(&fd_verdicts, &key);
+	__u64 ino = 0;
+	bool is_socket;
+	struct sock *sk = tcp_sock_of_fd(fd, &ino, &is_socket);
+	if (!sk)
+		return;
+	__u64 sk_ptr = (__u64)sk;
+	bpf_map_delete_elem(&conns, &sk_ptr);  /* a new connection on a reused struct sock */
+	conn_for(sk_ptr, ino, role, tgid);
+}
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int enter_connect(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!traced(pid_tgid >> 32))
+		return 0;
+	__s32 fd = ARG(ctx, 0);
+	bpf_map_update_elem(&pending_connect, &pid_tgid, &fd, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int exit_connect(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__s32 *fdp = bpf_map_lookup_elem(&pending_connect, &pid_tgid);
+	if (!fdp)
+		return 0;
+	__s32 fd = *fdp;
+	bpf_map_delete_elem(&pending_connect, &pid_tgid);
+	if (ctx->ret == 0 || ctx->ret == -EINPROGRESS)
+		new_conn(fd, OKE_ROLE_CLIENT);
+	return 0;
+}
+
+static __always_inline void on_accept_exit(long ret)
+{
+	if (ret < 0 || !traced(bpf_get_current_pid_tgid() >> 32))
+		return;
+	new_conn(ret, OKE_ROLE_SERVER);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int exit_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	on_accept_exit(ctx->ret);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int exit_accept4(struct trace_event_raw_sys_exit *ctx)
+{
+	on_accept_exit(ctx->ret);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int enter_close(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (!traced(tgid))
+		return 0;
+	int fd = ARG(ctx, 0);
+	__u64 key = fd_key(tgid, fd);
+	__u8 *v = bpf_map_lookup_elem(&fd_verdicts, &key);
+	if (v) {
+		bpf_map_delete_elem(&fd_verdicts, &key);
+		return 0;
+	}
+	__u64 ino = 0;
+	bool is_socket;
+	struct sock *sk = tcp_sock_of_fd(fd, &ino, &is_socket);
+	if (!sk)
+		return 0;
+	__u64 sk_ptr = (__u64)sk;
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk_ptr);
+	if (!c || c->ino != ino)
+		return 0;
+	if (c->verdict == CONN_KAFKA && c->open_sent) {
+		struct oke_close_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		if (e) {
+			e->type = OKE_EV_CLOSE;
+			e->pid = tgid;
+			e->conn_id = c->conn_id;
+			e->ts_ns = bpf_ktime_get_ns();
+			e->send_bytes = c->dir[OKE_DIR_SEND].offset;
+			e->recv_bytes = c->dir[OKE_DIR_RECV].offset;
+			bpf_ringbuf_submit(e, 0);
+			count(OKE_CNT_EVENTS, 1);
+		} else {
+			count(OKE_CNT_RINGBUF_DROPS, 1);
+		}
+	}
+	bpf_map_delete_elem(&conns, &sk_ptr);
+	return 0;
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int process_exit(void *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (tgid != (__u32)pid_tgid)
+		return 0;  /* a thread, not the process */
+	if (!bpf_map_lookup_elem(&kafka_tgids, &tgid))
+		return 0;
+	bpf_map_delete_elem(&kafka_tgids, &tgid);
+	struct oke_exit_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(OKE_CNT_RINGBUF_DROPS, 1);
+		return 0;
+	}
+	e->type = OKE_EV_EXIT;
+	e->pid = tgid;
+	e->ts_ns = bpf_ktime_get_ns();
+	bpf_ringbuf_submit(e, 0);
+	count(OKE_CNT_EVENTS, 1);
+	return 0;
+}

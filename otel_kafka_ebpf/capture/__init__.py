@@ -1,0 +1,1 @@
+"""Capture stage: kernel events -> per-connection ordered byte streams with explicit gaps."""

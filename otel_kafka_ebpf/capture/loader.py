@@ -1,0 +1,232 @@
+"""Load capture.bpf.o, attach it, read its ring buffer, detach cleanly.
+
+`CaptureProgram` owns every kernel object it creates (object, links, ring buffer) and releases all
+of them in `close()`, which runs on normal exit, on Ctrl-C and on exceptions (context manager).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import events as ev
+from .libbpf import SAMPLE_FN, LibbpfError, lib, map_delete, map_keys, map_lookup, map_update
+
+OBJ_DIR = os.path.join(os.path.dirname(__file__), "obj")
+
+DEFAULT_FRAME_BUDGET = 1 << 20  # 1 MiB: whole ordinary Produce and Fetch frames
+DEFAULT_RINGBUF_BYTES = 64 << 20
+
+DATA_HEADER = struct.Struct("<IIQQQIIBBHI")
+assert DATA_HEADER.size == ctypes.sizeof(ev.DataEventHeader)
+
+
+def object_path(name: str) -> str:
+    return os.path.join(OBJ_DIR, f"{name}.bpf.o")
+
+
+@dataclass
+class CaptureSettings:
+    frame_budget: int = DEFAULT_FRAME_BUDGET
+    ringbuf_bytes: int = DEFAULT_RINGBUF_BYTES
+    pids: set[int] = field(default_factory=set)
+    cgroup_path: str | None = None  # cgroup v2 directory (sidecar mode)
+    kafka_ports: tuple[int, ...] = ()
+    ports_only: bool = False
+
+
+class CaptureError(Exception):
+    """The capture could not start; the message is one line for the user."""
+
+
+# Raw events handed to the consumer: (kind, fields...)
+@dataclass(slots=True)
+class RawData:
+    conn_id: int
+    ts_mono: int
+    offset: int
+    pid: int
+    tid: int
+    direction: int
+    gap_flags: int
+    payload: bytes
+
+
+def _cgroup_id_and_level(path: str) -> tuple[int, int]:
+    """A cgroup v2 directory's id (its inode number) and depth below the root."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise CaptureError(f"cgroup {path}: {exc.strerror}") from None
+    root = "/sys/fs/cgroup"
+    rel = os.path.relpath(os.path.realpath(path), root)
+    if rel.startswith(".."):
+        raise CaptureError(f"cgroup {path} is not under {root} (cgroup v2)")
+    level = 0 if rel == "." else len(rel.split(os.sep))
+    return st.st_ino, level
+
+
+def _ringbuf_size(n: int) -> int:
+    """Ring buffers must be a power-of-two multiple of the page size."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    size = max(n, page)
+    return 1 << (size - 1).bit_length()
+
+
+class CaptureProgram:
+    def __init__(self, settings: CaptureSettings, on_event: Callable[[object], None]):
+        self.settings = settings
+        self._on_event = on_event
+        self._obj = None
+        self._links: list[int] = []
+        self._rb = None
+        self._cb = SAMPLE_FN(self._sample)  # kept referenced for the ring buffer's lifetime
+        self.callback_errors = 0
+        self._maps: dict[str, int] = {}
+        self._ncpus = 0
+
+    # -- life cycle --------------------------------------------------------------------------
+    def open(self) -> "CaptureProgram":
+        path = object_path("capture")
+        if not os.path.exists(path):
+            raise CaptureError(f"BPF object {path} is missing: run `make bpf`")
+        L = lib()
+        try:
+            self._obj = L.bpf_object__open_file(path.encode(), None)
+            self._configure()
+            L.bpf_object__load(self._obj)
+        except LibbpfError as exc:
+            self.close()
+            raise CaptureError(f"loading the BPF program failed: {exc}") from None
+        for name in ("events", "counters", "conns", "pid_filter", "fd_verdicts"):
+            self._maps[name] = L.bpf_map__fd(L.bpf_object__find_map_by_name(self._obj, name.encode()))
+        self._ncpus = L.libbpf_num_possible_cpus()
+        for pid in self.settings.pids:
+            self.add_pid(pid)
+        try:
+            self._attach_all()
+            self._rb = L.ring_buffer__new(self._maps["events"], self._cb, None, None)
+        except LibbpfError as exc:
+            self.close()
+            raise CaptureError(f"attaching the BPF programs failed: {exc}") from None
+        return self
+
+    def _configure(self) -> None:
+        L = lib()
+        s = self.settings
+        cfg = ev.Config()
+        cfg.frame_budget = max(64, int(s.frame_budget))
+        cfg.filter_pids = 1 if s.pids else 0
+        if s.cgroup_path:
+            cfg.cgroup_id, cfg.cgroup_level = _cgroup_id_and_level(s.cgroup_path)
+        if len(s.kafka_ports) > ev.MAX_KAFKA_PORTS:
+            raise CaptureError(f"at most {ev.MAX_KAFKA_PORTS} Kafka ports can be forced")
+        for i, port in enumerate(s.kafka_ports):
+            cfg.kafka_ports[i] = port
+        cfg.ports_only = 1 if s.ports_only else 0
+        cfg.self_tgid = os.getpid()
+        rodata = self._find_map(".rodata")
+        size = ctypes.c_size_t()
+        L.bpf_map__initial_value(rodata, ctypes.byref(size))
+        if size.value < ctypes.sizeof(cfg):
+            raise CaptureError(f"BPF object's .rodata is {size.value} bytes, expected {ctypes.sizeof(cfg)}: rebuild with `make bpf`")
+        buf = (ctypes.c_char * size.value)()
+        ctypes.memmove(buf, ctypes.byref(cfg), ctypes.sizeof(cfg))
+        L.bpf_map__set_initial_value(rodata, buf, size.value)
+        events = L.bpf_object__find_map_by_name(self._obj, b"events")
+        L.bpf_map__set_max_entries(events, _ringbuf_size(s.ringbuf_bytes))
+
+    def _find_map(self, suffix: str):
+        L = lib()
+        m = L.bpf_object__next_map(self._obj, None)
+        while m:
+            if L.bpf_map__name(m).decode().endswith(suffix):
+                return m
+            m = L.bpf_object__next_map(self._obj, m)
+        raise CaptureError(f"BPF object has no {suffix} map: rebuild with `make bpf`")
+
+    def _attach_all(self) -> None:
+        L = lib()
+        prog = L.bpf_object__next_program(self._obj, None)
+        while prog:
+            self._links.append(L.bpf_program__attach(prog))
+            prog = L.bpf_object__next_program(self._obj, prog)
+
+    def close(self) -> None:
+        L = lib()
+        if self._rb:
+            L.ring_buffer__free(self._rb)
+            self._rb = None
+        while self._links:
+            L.bpf_link__destroy(self._links.pop())
+        if self._obj:
+            L.bpf_object__close(self._obj)
+            self._obj = None
+
+    def __enter__(self) -> "CaptureProgram":
+        return self.open() if self._obj is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def attached(self) -> int:
+        return len(self._links)
+
+    # -- reading -----------------------------------------------------------------------------
+    def poll(self, timeout_ms: int = 100) -> int:
+        """Deliver pending events to on_event; returns how many, or raises on a ring buffer error."""
+        n = lib().ring_buffer__poll(self._rb, timeout_ms)
+        if n < 0 and n != -4:  # EINTR is a normal wake-up (signal)
+            raise LibbpfError("ring_buffer__poll", -n)
+        return max(n, 0)
+
+    def _sample(self, _ctx, data, size) -> int:
+        try:
+            raw = ctypes.string_at(data, size)
+            etype = int.from_bytes(raw[:4], "little")
+            if etype == ev.EV_DATA:
+                (_, n, conn_id, ts, offset, pid, tid, direction, flags, _, _) = DATA_HEADER.unpack_from(raw)
+                event = RawData(conn_id, ts, offset, pid, tid, direction, flags,
+                                raw[DATA_HEADER.size:DATA_HEADER.size + n])
+            elif etype == ev.EV_OPEN:
+                event = ev.OpenEvent.from_buffer_copy(raw)
+            elif etype == ev.EV_CLOSE:
+                event = ev.CloseEvent.from_buffer_copy(raw)
+            elif etype == ev.EV_EXIT:
+                event = ev.ExitEvent.from_buffer_copy(raw)
+            else:
+                self.callback_errors += 1
+                return 0
+            self._on_event(event)
+        except Exception:  # never let an exception unwind through libbpf's C frames
+            self.callback_errors += 1
+        return 0
+
+    # -- maps --------------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        """Per-CPU counters summed over CPUs."""
+        fd = self._maps["counters"]
+        out = {}
+        for idx, name in enumerate(ev.COUNTERS):
+            values = (ctypes.c_uint64 * self._ncpus)()
+            key = ctypes.c_uint32(idx)
+            map_lookup(fd, key, values)
+            out[name] = sum(values)
+        return out
+
+    def add_pid(self, pid: int) -> None:
+        map_update(self._maps["pid_filter"], ctypes.c_uint32(pid), ctypes.c_uint8(1))
+
+    def forget_process(self, pid: int) -> int:
+        """Drop kernel state of an exited process's connections; returns entries removed."""
+        removed = 0
+        conns = self._maps["conns"]
+        value = (ctypes.c_uint8 * 128)()  # struct conn, of which only tgid (offset 24) is read
+        for key in list(map_keys(conns, ctypes.c_uint64)):
+            if map_lookup(conns, key, value) and int.from_bytes(bytes(value[24:28]), "little") == pid:
+                removed += map_delete(conns, key)
+        return removed

@@ -1,0 +1,79 @@
+"""The capture stage's output: connection lifecycle and ordered byte streams with explicit gaps.
+
+Everything downstream (the decoder, recordings, replay) consumes only these types, whether they
+came from the live kernel, a recording file or a test vector.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Direction(enum.IntEnum):
+    """Direction of bytes relative to the traced process."""
+
+    SEND = 0  # written by the traced process
+    RECV = 1  # read by the traced process
+
+
+class Role(enum.IntEnum):
+    """Which end of the TCP connection the traced process is."""
+
+    UNKNOWN = 0  # connection predates the agent; inferred from the first Kafka frame
+    CLIENT = 1  # the process called connect()
+    SERVER = 2  # the process called accept()
+
+
+class GapReason(enum.IntEnum):
+    BUDGET = 1  # per-frame capture budget exhausted
+    RINGBUF_FULL = 2  # ring buffer had no room
+    IOVEC_LIMIT = 3  # more iovecs than the walker follows
+    USER_COPY = 4  # bpf_probe_read_user failed (page not resident)
+    UNKNOWN_START = 5  # joined a stream mid-way (connection predates the agent)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOpened:
+    conn_id: int
+    ts_ns: int  # wall clock
+    pid: int
+    tid: int
+    comm: str
+    cgroup_id: int
+    netns: int
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    role: Role = Role.UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class StreamData:
+    conn_id: int
+    direction: Direction
+    ts_ns: int  # wall clock of the syscall that moved these bytes
+    offset: int  # position of data[0] in this direction's stream
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamGap:
+    """`length` bytes at `offset` moved through the socket but were not captured."""
+
+    conn_id: int
+    direction: Direction
+    ts_ns: int
+    offset: int
+    length: int
+    reason: GapReason
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    conn_id: int
+    ts_ns: int
+
+
+StreamEvent = ConnectionOpened | StreamData | StreamGap | ConnectionClosed

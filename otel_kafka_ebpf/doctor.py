@@ -1,0 +1,172 @@
+"""`otel-kafka-ebpf doctor`: can this host run the agent? One line per check, with the fix."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import platform
+from dataclasses import dataclass
+from typing import Callable, TextIO
+
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+SYSCALL_TRACEPOINTS = ("read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg",
+                       "recvmmsg", "sendmmsg", "connect", "accept", "accept4", "close")
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+# bpf(2) commands and map types used by the probes below (uapi/linux/bpf.h).
+BPF_MAP_CREATE = 0
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_RINGBUF = 27
+SYS_bpf = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def _effective_caps() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def check_privileges() -> Check:
+    caps = _effective_caps()
+    has = lambda c: bool(caps >> c & 1)  # noqa: E731
+    if has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON)):
+        who = "root" if os.geteuid() == 0 else "capabilities"
+        return Check("privileges", True, f"{who}: CAP_SYS_ADMIN or CAP_BPF+CAP_PERFMON present")
+    return Check("privileges", False, "missing CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
+                 "run as root, or grant them: setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep on the interpreter, "
+                 "or in Kubernetes add them to securityContext.capabilities")
+
+
+def check_btf() -> Check:
+    path = "/sys/kernel/btf/vmlinux"
+    if os.path.exists(path):
+        return Check("kernel BTF", True, f"{path} present ({os.path.getsize(path) // 1024} KiB)")
+    return Check("kernel BTF", False, f"{path} missing: CO-RE programs cannot be relocated",
+                 "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distributions since 2020)")
+
+
+def _bpf_map_create(map_type: int, key_size: int, value_size: int, max_entries: int) -> tuple[int, int]:
+    """Create a map with the raw bpf(2) syscall; returns (fd, errno)."""
+    if SYS_bpf is None:
+        return -1, errno.ENOSYS
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = (ctypes.c_uint32 * 32)()  # union bpf_attr, zeroed: map_type, key_size, value_size, max_entries
+    attr[0], attr[1], attr[2], attr[3] = map_type, key_size, value_size, max_entries
+    fd = libc.syscall(SYS_bpf, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    return fd, ctypes.get_errno()
+
+
+def check_bpf_syscall() -> Check:
+    fd, err = _bpf_map_create(BPF_MAP_TYPE_ARRAY, 4, 8, 1)
+    if fd >= 0:
+        os.close(fd)
+        return Check("bpf syscall", True, "bpf(BPF_MAP_CREATE) works")
+    why = os.strerror(err)
+    fix = "run as root or with CAP_BPF" if err == errno.EPERM else "enable CONFIG_BPF_SYSCALL in the kernel"
+    return Check("bpf syscall", False, f"bpf(BPF_MAP_CREATE) failed: {why}", fix)
+
+
+def check_ringbuf() -> Check:
+    fd, err = _bpf_map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, 1 << 16)
+    if fd >= 0:
+        os.close(fd)
+        return Check("ring buffer maps", True, "BPF_MAP_TYPE_RINGBUF available")
+    return Check("ring buffer maps", False, f"cannot create a BPF ring buffer: {os.strerror(err)}",
+                 "the agent needs Linux 5.8 or later")
+
+
+def find_tracefs() -> str | None:
+    for path in TRACEFS_CANDIDATES:
+        if os.path.isdir(os.path.join(path, "events")):
+            return path
+    return None
+
+
+def check_tracefs() -> Check:
+    path = find_tracefs()
+    if path:
+        return Check("tracefs", True, f"mounted at {path}")
+    return Check("tracefs", False, "tracefs is not mounted", "mount -t tracefs tracefs /sys/kernel/tracing")
+
+
+def check_syscall_tracepoints() -> Check:
+    path = find_tracefs()
+    if not path:
+        return Check("syscall tracepoints", False, "cannot look: tracefs is not mounted",
+                     "mount -t tracefs tracefs /sys/kernel/tracing")
+    base = os.path.join(path, "events", "syscalls")
+    missing = [f"{kind}_{name}" for name in SYSCALL_TRACEPOINTS for kind in ("sys_enter", "sys_exit")
+               if not os.path.isdir(os.path.join(base, f"{kind}_{name}"))]
+    if not missing:
+        return Check("syscall tracepoints", True, f"{2 * len(SYSCALL_TRACEPOINTS)} socket syscall tracepoints present")
+    return Check("syscall tracepoints", False, f"missing: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}",
+                 "use a kernel with CONFIG_FTRACE_SYSCALLS=y")
+
+
+def check_uprobes() -> Check:
+    if os.path.exists("/sys/bus/event_source/devices/uprobe/type"):
+        return Check("uprobes", True, "uprobe PMU present (for TLS libraries, later)", required=False)
+    return Check("uprobes", False, "no uprobe PMU: TLS capture will be unavailable",
+                 "enable CONFIG_UPROBE_EVENTS", required=False)
+
+
+def check_libbpf() -> Check:
+    from .capture.libbpf import find_libbpf  # local import: doctor must run even if this fails
+
+    try:
+        path, version = find_libbpf()
+    except OSError as exc:
+        return Check("libbpf", False, str(exc), "apt-get install libbpf1 (Debian/Ubuntu) or dnf install libbpf")
+    return Check("libbpf", True, f"{path} version {version}")
+
+
+def check_bpf_objects() -> Check:
+    from .capture.loader import object_path
+
+    path = object_path("capture")
+    if os.path.exists(path):
+        return Check("BPF objects", True, f"{path}")
+    return Check("BPF objects", False, f"{path} missing", "run `make bpf` in the source tree")
+
+
+CHECKS: tuple[Callable[[], Check], ...] = (
+    check_privileges, check_btf, check_bpf_syscall, check_ringbuf, check_tracefs,
+    check_syscall_tracepoints, check_uprobes, check_libbpf, check_bpf_objects,
+)
+
+
+def run_checks() -> list[Check]:
+    results = []
+    for check in CHECKS:
+        try:
+            results.append(check())
+        except Exception as exc:  # a check that breaks is a failed check, not a crash
+            results.append(Check(check.__name__.removeprefix("check_"), False, f"check failed: {exc}"))
+    return results
+
+
+def doctor(out: TextIO) -> int:
+    results = run_checks()
+    for r in results:
+        mark = "ok  " if r.ok else ("FAIL" if r.required else "warn")
+        line = f"{mark} {r.name}: {r.detail}"
+        if not r.ok and r.fix:
+            line += f" -> fix: {r.fix}"
+        print(line, file=out)
+    failed = [r for r in results if r.required and not r.ok]
+    print(f"{'agent can run' if not failed else 'agent cannot run'}: {len(results) - len(failed)}/{len(results)} checks passed",
+          file=out)
+    return 1 if failed else 0
