@@ -347,10 +347,11 @@ static __always_inline bool looks_like_kafka_request(struct peek *p, int n)
 struct walk {
 	struct conn *c;
 	struct dir_state *d;
-	__u64 seg_ptr[OKE_MAX_IOV];   /* the syscall's buffers, in order */
-	__u32 seg_len[OKE_MAX_IOV];
-	__u32 nseg;
-	__u32 seg;           /* current segment */
+	__u64 iov;           /* user iovec array, 0 for a plain buffer */
+	__u32 iovcnt;
+	__u32 seg;           /* current iovec */
+	__u32 total;         /* bytes the syscall moved */
+	__u32 covered;       /* bytes of the syscall in segments loaded so far */
 	__u64 ptr;           /* current segment's user buffer */
 	__u32 len;
 	__u32 pos;           /* next byte of the segment to classify */
@@ -362,7 +363,8 @@ struct walk {
 	__u32 tid;
 	__u8  direction;
 	__u8  failed;
-	__u8  pad[6];
+	__u8  done;
+	__u8  pad[5];
 };
 
 static __always_inline void emit_chunk(struct walk *w, __u32 start, __u32 n32)
@@ -439,13 +441,18 @@ static long walk_step(__u32 i, void *ctx)
 		/* next buffer of the syscall */
 		w->base_offset += w->len;
 		w->seg++;
-		if (w->seg >= w->nseg || w->seg >= OKE_MAX_IOV)
+		if (!w->iov || w->seg >= w->iovcnt || w->seg >= OKE_MAX_IOV || w->covered >= w->total) {
+			w->done = 1;
 			return 1;
-		__u64 idx = w->seg;
-		barrier_var(idx);
-		idx &= OKE_MAX_IOV - 1;
-		w->ptr = w->seg_ptr[idx];
-		w->len = w->seg_len[idx];
+		}
+		struct iovec v;
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(w->iov + w->seg * sizeof(struct iovec)))) {
+			w->failed = 1;
+			return 1;
+		}
+		w->ptr = (__u64)v.iov_base;
+		w->len = v.iov_len < w->total - w->covered ? v.iov_len : w->total - w->covered;
+		w->covered += w->len;
 		w->pos = 0;
 		return 0;
 	}
@@ -544,58 +551,47 @@ static __always_inline void process_op(struct conn *c, struct active_op *op, __u
 	struct dir_state *d = &c->dir[dir];
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct walk w = {
-		.c = c, .d = d, .base_offset = d->offset, .ts = ts,
+		.c = c, .d = d, .base_offset = d->offset, .ts = ts, .total = total,
 		.pid = pid_tgid >> 32, .tid = (__u32)pid_tgid, .direction = dir,
 	};
 	__u64 start = d->offset;
-	__u32 covered = 0;
 	if (op->kind == OP_BUF) {
-		w.seg_ptr[0] = op->ptr;
-		w.seg_len[0] = total;
-		w.nseg = 1;
-		covered = total;
+		w.ptr = op->ptr;
+		w.len = total;
+		w.covered = total;
 	} else {
-		struct iovec *iov = (struct iovec *)op->ptr;
-		__u32 iovcnt = op->count;
+		w.iov = op->ptr;
+		w.iovcnt = op->count;
 		if (op->kind == OP_MSG) {
 			struct user_msghdr msg;
 			if (bpf_probe_read_user(&msg, sizeof(msg), (void *)op->ptr) == 0) {
-				iov = msg.msg_iov;
-				iovcnt = msg.msg_iovlen;
+				w.iov = (__u64)msg.msg_iov;
+				w.iovcnt = msg.msg_iovlen;
 			} else {
-				iovcnt = 0;
+				w.iovcnt = 0;
 			}
 		}
-		for (int i = 0; i < OKE_MAX_IOV; i++) {
-			if (i >= iovcnt || covered >= total)
-				break;
-			struct iovec v;
-			if (bpf_probe_read_user(&v, sizeof(v), &iov[i]))
-				break;
-			__u32 n = v.iov_len < total - covered ? v.iov_len : total - covered;
-			w.seg_ptr[i & (OKE_MAX_IOV - 1)] = (__u64)v.iov_base;
-			w.seg_len[i & (OKE_MAX_IOV - 1)] = n;
-			w.nseg = i + 1;
-			covered += n;
+		struct iovec v = {};
+		if (w.iovcnt && bpf_probe_read_user(&v, sizeof(v), (void *)w.iov) == 0) {
+			w.ptr = (__u64)v.iov_base;
+			w.len = v.iov_len < total ? v.iov_len : total;
+			w.covered = w.len;
+		} else {
+			w.failed = 1;
 		}
 	}
-	if (w.nseg) {
-		w.ptr = w.seg_ptr[0];
-		w.len = w.seg_len[0];
+	if (!w.failed)
 		bpf_loop(WALK_MAX_STEPS, walk_step, &w, 0);
-	}
-	bool finished = w.seg >= w.nseg && !w.run_open;
-	if (w.failed || !finished || covered < total) {
+	bool finished = w.done && !w.run_open && w.covered >= total;
+	if (!finished) {
 		/* unreadable memory, too many iovecs or the step bound: the rest is a gap of exact length
 		 * and frame boundaries are unknown until resynchronised */
 		__u64 done = w.base_offset + (w.run_open ? w.run_start : w.pos) - start;
-		if (finished)
-			done = covered;
 		count(OKE_CNT_GAP_BYTES, total > done ? total - done : 0);
 		d->synced = 0;
 		d->frame_left = 0;
 		d->size_have = 0;
-		d->gap_flags |= w.failed ? OKE_GAP_USER_COPY : (covered < total ? OKE_GAP_IOVEC : OKE_GAP_LOOP);
+		d->gap_flags |= w.failed ? OKE_GAP_USER_COPY : (w.done ? OKE_GAP_IOVEC : OKE_GAP_LOOP);
 	}
 	d->offset = start + total;
 }

@@ -8,7 +8,7 @@
 #define OKE_CHUNK_SIZE      16384   /* payload bytes in one data event (power of two) */
 #define OKE_COMM_LEN        16
 #define OKE_MAX_KAFKA_PORTS 8
-#define OKE_MAX_IOV         16      /* iovecs walked per syscall; the rest become a gap */
+#define OKE_MAX_IOV         1024    /* iovecs walked per syscall (UIO_MAXIOV); the rest become a gap */
 #define OKE_MAX_MMSG        4       /* messages walked per recvmmsg/sendmmsg */
 #define OKE_DETECT_ATTEMPTS 16      /* syscalls tried before a mid-stream connection is judged not Kafka */
 

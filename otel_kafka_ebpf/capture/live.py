@@ -1,0 +1,68 @@
+"""Live capture as an iterator of stream events: load, attach, poll, assemble, always detach."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Callable
+
+from .loader import CaptureProgram, CaptureSettings
+from .reassembly import StreamAssembler
+from .streams import StreamEvent
+
+
+class LiveCapture:
+    """Iterate stream events until `stop()` (or the duration) ends the capture.
+
+    The BPF program is attached for the lifetime of the iteration and detached in every case:
+    normal end, Ctrl-C, an exception in the consumer.
+    """
+
+    def __init__(self, settings: CaptureSettings, *, duration_s: float | None = None,
+                 on_ready: Callable[[], None] | None = None, poll_ms: int = 100):
+        self.settings = settings
+        self.duration_s = duration_s
+        self.on_ready = on_ready
+        self.poll_ms = poll_ms
+        self._stop = threading.Event()
+        self.assembler = StreamAssembler()
+        self.program: CaptureProgram | None = None
+        self.counters: dict[str, int] = {}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        pending: deque[StreamEvent] = deque()
+        exited: list[int] = []
+
+        def on_event(raw) -> None:
+            out = self.assembler.feed(raw)
+            pending.extend(out)
+            if getattr(raw, "type", None) == 4:  # process exit: release its kernel state too
+                exited.append(raw.pid)
+
+        deadline = time.monotonic() + self.duration_s if self.duration_s else None
+        with CaptureProgram(self.settings, on_event) as prog:
+            self.program = prog
+            if self.on_ready:
+                self.on_ready()
+            try:
+                while not self._stop.is_set():
+                    if deadline and time.monotonic() >= deadline:
+                        break
+                    prog.poll(self.poll_ms)
+                    while pending:
+                        yield pending.popleft()
+                    while exited:
+                        prog.forget_process(exited.pop())
+                # drain what the kernel already wrote
+                prog.poll(0)
+                while pending:
+                    yield pending.popleft()
+            finally:
+                self.counters = prog.counters()
+                self.counters["callback_errors"] = prog.callback_errors
+                self.program = None

@@ -1,0 +1,159 @@
+"""Kernel events -> per-connection, per-direction ordered byte streams with explicit gaps.
+
+The BPF side stamps every data chunk with its stream offset; any jump of the offset is bytes that
+moved through the socket but were not copied, and becomes a `StreamGap` of exactly that length.
+Nothing is guessed: a stream either continues byte for byte or says how many bytes it lacks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass, field
+
+from . import events as ev
+from .loader import RawData
+from .streams import (
+    ConnectionClosed,
+    ConnectionOpened,
+    Direction,
+    GapReason,
+    Role,
+    StreamData,
+    StreamEvent,
+    StreamGap,
+)
+
+# gap flag -> reason, most informative first
+_FLAG_REASONS = (
+    (ev.GAP_RINGBUF, GapReason.RINGBUF_FULL),
+    (ev.GAP_USER_COPY, GapReason.USER_COPY),
+    (ev.GAP_IOVEC, GapReason.IOVEC_LIMIT),
+    (ev.GAP_LOOP, GapReason.IOVEC_LIMIT),
+    (ev.GAP_BUDGET, GapReason.BUDGET),
+    (ev.GAP_UNSYNCED, GapReason.UNKNOWN_START),
+)
+
+
+def gap_reason(flags: int) -> GapReason:
+    for bit, reason in _FLAG_REASONS:
+        if flags & bit:
+            return reason
+    return GapReason.RINGBUF_FULL  # a jump without a recorded reason: the event carrying it was lost
+
+
+def _addr(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    addr = ipaddress.IPv6Address(raw[:16])
+    return str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
+
+
+def wall_clock_offset_ns() -> int:
+    """wall clock - CLOCK_MONOTONIC (what bpf_ktime_get_ns returns)."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+@dataclass
+class _Conn:
+    pid: int
+    next_offset: list[int] = field(default_factory=lambda: [0, 0])
+
+
+@dataclass
+class AssemblerStats:
+    connections: int = 0
+    orphan_data: int = 0      # data of a connection whose open event was lost
+    overlaps: int = 0         # chunks that repeated bytes already delivered
+    gaps: int = 0
+    gap_bytes: int = 0
+
+
+class StreamAssembler:
+    """Feed raw kernel events in ring-buffer order; get stream events back."""
+
+    def __init__(self, clock_offset_ns: int | None = None):
+        self.clock_offset_ns = wall_clock_offset_ns() if clock_offset_ns is None else clock_offset_ns
+        self._conns: dict[int, _Conn] = {}
+        self.stats = AssemblerStats()
+
+    def _wall(self, mono: int) -> int:
+        return mono + self.clock_offset_ns
+
+    def feed(self, raw) -> list[StreamEvent]:
+        if isinstance(raw, RawData):
+            return self._data(raw)
+        if isinstance(raw, ev.OpenEvent):
+            return self._open(raw)
+        if isinstance(raw, ev.CloseEvent):
+            return self._close(raw.conn_id, self._wall(raw.ts_ns), (raw.send_bytes, raw.recv_bytes))
+        if isinstance(raw, ev.ExitEvent):
+            out: list[StreamEvent] = []
+            for conn_id in [cid for cid, c in self._conns.items() if c.pid == raw.pid]:
+                out += self._close(conn_id, self._wall(raw.ts_ns), None)
+            return out
+        return []
+
+    def _open(self, e: ev.OpenEvent) -> list[StreamEvent]:
+        self._conns[e.conn_id] = _Conn(e.pid)
+        self.stats.connections += 1
+        return [ConnectionOpened(
+            conn_id=e.conn_id, ts_ns=self._wall(e.ts_ns), pid=e.pid, tid=e.tid,
+            comm=e.comm.decode(errors="replace"), cgroup_id=e.cgroup_id, netns=e.netns,
+            local_addr=_addr(e.family, bytes(e.local_addr)), local_port=e.local_port,
+            remote_addr=_addr(e.family, bytes(e.remote_addr)), remote_port=e.remote_port,
+            role=Role(e.role) if e.role in (0, 1, 2) else Role.UNKNOWN,
+        )]
+
+    def _data(self, d: RawData) -> list[StreamEvent]:
+        out: list[StreamEvent] = []
+        conn = self._conns.get(d.conn_id)
+        ts = self._wall(d.ts_mono)
+        if conn is None:
+            # the open event was lost: announce what we know rather than drop the bytes
+            self.stats.orphan_data += 1
+            conn = self._conns[d.conn_id] = _Conn(d.pid)
+            out.append(ConnectionOpened(d.conn_id, ts, d.pid, d.tid, "", 0, 0, "", 0, "", 0, Role.UNKNOWN))
+        direction = Direction(d.direction & 1)
+        expected = conn.next_offset[direction]
+        data = d.payload
+        offset = d.offset
+        if offset < expected:
+            skip = expected - offset
+            if skip >= len(data):
+                self.stats.overlaps += 1
+                return out
+            data, offset = data[skip:], expected
+            self.stats.overlaps += 1
+        if offset > expected:
+            out.append(self._gap(d.conn_id, direction, ts, expected, offset - expected, gap_reason(d.gap_flags)))
+        elif d.gap_flags & ev.GAP_UNSYNCED:
+            # no bytes missing, but frame boundaries are unknown from here (joined mid-stream)
+            out.append(StreamGap(d.conn_id, direction, ts, offset, 0, GapReason.UNKNOWN_START))
+        out.append(StreamData(d.conn_id, direction, ts, offset, data))
+        conn.next_offset[direction] = offset + len(data)
+        return out
+
+    def _gap(self, conn_id: int, direction: Direction, ts: int, offset: int, length: int,
+             reason: GapReason) -> StreamGap:
+        self.stats.gaps += 1
+        self.stats.gap_bytes += length
+        return StreamGap(conn_id, direction, ts, offset, length, reason)
+
+    def _close(self, conn_id: int, ts: int, final: tuple[int, int] | None) -> list[StreamEvent]:
+        conn = self._conns.pop(conn_id, None)
+        if conn is None:
+            return []
+        out: list[StreamEvent] = []
+        if final is not None:
+            for direction in (Direction.SEND, Direction.RECV):
+                missing = final[direction] - conn.next_offset[direction]
+                if missing > 0:
+                    out.append(self._gap(conn_id, direction, ts, conn.next_offset[direction], missing,
+                                         GapReason.RINGBUF_FULL))
+        out.append(ConnectionClosed(conn_id, ts))
+        return out
+
+    def open_connections(self) -> int:
+        return len(self._conns)

@@ -1,0 +1,45 @@
+"""pytest fixtures for the real Kafka test bed (registered in tests/conftest.py).
+
+kafka_broker  session scope: a fresh single-node KRaft broker on free ports, or, if the
+              environment sets OKE_KAFKA_BOOTSTRAP=host:port, that already running broker.
+topic         function scope: a newly created topic with a unique name; 1 partition, or N with
+              @pytest.mark.parametrize("topic", [N], indirect=True).
+topic_factory function scope: make_topic(partitions=1, prefix=None) -> name, for several topics.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+
+import pytest
+
+from tests.testbed.kafka import ExternalKafka, KafkaBroker, KafkaTools
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> KafkaTools:
+    external = os.environ.get("OKE_KAFKA_BOOTSTRAP")
+    if external:
+        yield ExternalKafka(external).start()
+        return
+    with KafkaBroker() as broker:
+        yield broker
+
+
+def _unique_name(request, prefix: str | None = None) -> str:
+    base = prefix or re.sub(r"[^A-Za-z0-9-]+", "-", request.node.name).strip("-")[:80]
+    return f"{base}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def topic_factory(kafka_broker, request):
+    def make_topic(partitions: int = 1, prefix: str | None = None) -> str:
+        return kafka_broker.create_topic(_unique_name(request, prefix), partitions=partitions)
+    return make_topic
+
+
+@pytest.fixture
+def topic(topic_factory, request) -> str:
+    return topic_factory(partitions=int(getattr(request, "param", 1)))

@@ -1,0 +1,123 @@
+"""An independent record of loopback TCP traffic: dumpcap/tshark capture, reassembled by sequence number.
+
+Used as the oracle the agent's reassembled streams are compared against, byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class OracleError(RuntimeError):
+    pass
+
+
+@dataclass
+class TcpStream:
+    client_port: int
+    server_port: int
+    c2s: bytearray = field(default_factory=bytearray)  # client -> server
+    s2c: bytearray = field(default_factory=bytearray)
+
+
+class LoopbackCapture:
+    """Capture TCP on `lo` for the given server port while the `with` block runs."""
+
+    def __init__(self, port: int, path: str | os.PathLike | None = None):
+        if not shutil.which("tshark"):
+            raise OracleError("tshark is not installed (make apt-deps installs it)")
+        self.port = port
+        self._tmp = None
+        if path is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="oke-pcap-")
+            path = Path(self._tmp.name) / "lo.pcapng"
+        self.path = Path(path)
+        self._proc: subprocess.Popen | None = None
+        self._stderr = None
+
+    def __enter__(self) -> "LoopbackCapture":
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(
+            ["tshark", "-i", "lo", "-B", "128", "-s", "0", "-f", f"tcp port {self.port}", "-w", str(self.path), "-q"],
+            stdout=subprocess.DEVNULL, stderr=self._stderr)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            self._stderr.seek(0)
+            if b"Capturing on" in self._stderr.read():
+                time.sleep(0.3)
+                return self
+            if self._proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self._stop()
+        self._stderr.seek(0)
+        raise OracleError(f"tshark did not start: {self._stderr.read().decode(errors='replace').strip()}")
+
+    def _stop(self) -> str:
+        if self._proc and self._proc.poll() is None:
+            time.sleep(0.3)  # let the last packets reach the capture
+            self._proc.send_signal(signal.SIGINT)
+            try:
+                self._proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def __exit__(self, *exc) -> None:
+        self.log = self._stop()
+
+    def dropped(self) -> int:
+        """Packets the capture says it dropped (0 when it reports none)."""
+        for line in getattr(self, "log", "").splitlines():
+            if "dropped" in line:
+                digits = [int(t) for t in line.replace("(", " ").split() if t.isdigit()]
+                if digits:
+                    return digits[0]
+        return 0
+
+    def streams(self) -> dict[tuple[int, int], TcpStream]:
+        return reassemble(self.path, self.port)
+
+    def cleanup(self) -> None:
+        if self._tmp:
+            self._tmp.cleanup()
+
+
+def reassemble(pcap: str | os.PathLike, server_port: int) -> dict[tuple[int, int], TcpStream]:
+    """(client_port, server_port) -> both directions' bytes, placed by TCP sequence number."""
+    out = subprocess.run(
+        ["tshark", "-r", str(pcap), "-T", "fields", "-E", "separator=;",
+         "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "tcp.seq_raw", "-e", "tcp.flags.syn", "-e", "tcp.payload"],
+        capture_output=True, text=True, check=True).stdout
+    isn: dict[tuple[int, int], int] = {}
+    segments: list[tuple[int, int, int, bytes]] = []
+    for line in out.splitlines():
+        src, dst, seq, syn, payload = (line.split(";") + [""] * 5)[:5]
+        if not src:
+            continue
+        src, dst, seq = int(src), int(dst), int(seq)
+        if syn in ("1", "True"):
+            isn[(src, dst)] = seq + 1
+        if payload:
+            segments.append((src, dst, seq, bytes.fromhex(payload.replace(":", ""))))
+    streams: dict[tuple[int, int], TcpStream] = {}
+    for src, dst, seq, data in segments:
+        if (src, dst) not in isn:
+            continue  # connection began before the capture: not comparable
+        client, server = (src, dst) if dst == server_port else (dst, src)
+        s = streams.setdefault((client, server), TcpStream(client, server))
+        buf = s.c2s if dst == server_port else s.s2c
+        pos = (seq - isn[(src, dst)]) % (1 << 32)
+        if len(buf) < pos + len(data):
+            buf.extend(b"\0" * (pos + len(data) - len(buf)))
+        buf[pos:pos + len(data)] = data
+    return streams
