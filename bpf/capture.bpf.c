@@ -133,6 +133,20 @@ struct {
 	__type(value, __u64);
 } next_conn_id SEC(".maps");
 
+/* Never written: keeps the event structs in the object's BTF, where the layout test reads them. */
+struct event_layouts {
+	struct oke_open_event open;
+	struct oke_close_event close;
+	struct oke_exit_event exit;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event_layouts);
+} layouts SEC(".maps");
+
 static __always_inline void count(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);

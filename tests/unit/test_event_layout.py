@@ -1,0 +1,52 @@
+"""The Python mirror of bpf/capture.h agrees with the compiled object's BTF: sizes and field offsets."""
+
+import ctypes
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from otel_kafka_ebpf.capture import events as ev
+from otel_kafka_ebpf.capture.loader import DATA_HEADER, object_path
+
+pytestmark = pytest.mark.skipif(shutil.which("bpftool") is None, reason="bpftool is installed by make apt-deps")
+
+
+def _btf_structs() -> dict[str, tuple[int, dict[str, int]]]:
+    """struct name -> (size, {field: byte offset}) from `bpftool btf dump` of the object."""
+    out = subprocess.run(["bpftool", "btf", "dump", "file", object_path("capture")],
+                         capture_output=True, text=True, check=True).stdout
+    structs: dict[str, tuple[int, dict[str, int]]] = {}
+    current = None
+    for line in out.splitlines():
+        m = re.match(r"\[\d+\] STRUCT '(\w+)' size=(\d+)", line)
+        if m:
+            current = m.group(1)
+            structs[current] = (int(m.group(2)), {})
+            continue
+        m = re.match(r"\s+'(\w+)' type_id=\d+ bits_offset=(\d+)", line)
+        if m and current:
+            structs[current][1][m.group(1)] = int(m.group(2)) // 8
+        elif not line.startswith("\t"):
+            current = None
+    return structs
+
+
+@pytest.mark.parametrize("name", sorted(ev.MIRRORS))
+def test_mirror_matches_btf(name):
+    structs = _btf_structs()
+    assert name in structs, f"{name} not in the object's BTF"
+    size, fields = structs[name]
+    mirror = ev.MIRRORS[name]
+    assert ctypes.sizeof(mirror) == size
+    for field_name, _ in mirror._fields_:
+        assert getattr(mirror, field_name).offset == fields[field_name], field_name
+
+
+def test_data_event_header_matches_btf():
+    size, fields = _btf_structs()["oke_data_event"]
+    assert size == DATA_HEADER.size + ev.CHUNK_SIZE
+    assert fields["payload"] == DATA_HEADER.size == ctypes.sizeof(ev.DataEventHeader)
+    for field_name, _ in ev.DataEventHeader._fields_:
+        assert getattr(ev.DataEventHeader, field_name).offset == fields[field_name], field_name
