@@ -54,6 +54,11 @@ struct conn {
 	__u8  open_sent;
 	__u8  attempts;
 	struct dir_state dir[2];
+	__s32 resync_corr;   /* correlation id of the request seen when joining mid-stream */
+	__u8  resync_armed;  /* responses may resynchronise on resync_corr */
+	__u8  pending4_valid;
+	__u8  pending4[4];   /* a lone 4-byte read: maybe the size field of the awaited response */
+	__u8  pad1[2];
 };
 
 struct active_op {
@@ -378,18 +383,21 @@ struct walk {
 	__u8  direction;
 	__u8  failed;
 	__u8  done;
-	__u8  pad[5];
+	__u8  run_frame_start;  /* the open run begins at a frame's size field */
+	__u8  pad[4];
 };
 
-static __always_inline void emit_chunk(struct walk *w, __u32 start, __u32 n32)
+static __always_inline void emit_chunk(struct walk *w, __u32 start, __u32 n32, __u16 flags)
 {
 	__u32 zero = 0;
 	struct scratch_buf *sb = bpf_map_lookup_elem(&scratch, &zero);
 	if (!sb)
 		return;
 	struct oke_data_event *e = &sb->ev;
-	__u64 n = n32;
-	barrier_var(n);  /* bound-check the 64-bit register the helpers receive */
+	/* read the length back from memory: the verifier then bounds it here and does not trace its
+	 * exact value back through the walk, whose loop states would otherwise never converge */
+	e->len = n32;
+	__u64 n = *(volatile __u32 *)&e->len;
 	if (n == 0 || n > OKE_CHUNK_SIZE)
 		return;
 	e->type = OKE_EV_DATA;
@@ -400,14 +408,13 @@ static __always_inline void emit_chunk(struct walk *w, __u32 start, __u32 n32)
 	e->tid = w->tid;
 	e->direction = w->direction;
 	e->gap_flags = w->d->gap_flags;
-	e->pad0 = 0;
+	e->flags = flags;
 	e->pad1 = 0;
 	if (bpf_probe_read_user(e->payload, n, (void *)(w->ptr + start))) {
 		w->d->gap_flags |= OKE_GAP_USER_COPY;
 		count(OKE_CNT_GAP_BYTES, n);
 		return;
 	}
-	e->len = n;
 	if (bpf_ringbuf_output(&events, e, offsetof(struct oke_data_event, payload) + n, 0)) {
 		w->d->gap_flags |= OKE_GAP_RINGBUF;
 		count(OKE_CNT_RINGBUF_DROPS, 1);
@@ -425,9 +432,11 @@ static __always_inline bool flush_step(struct walk *w, __u32 end)
 	__u32 n = end - w->run_start;
 	if (n > OKE_CHUNK_SIZE)
 		n = OKE_CHUNK_SIZE;
+	/* no comparison of positions here: known-value branches would make the verifier track them exactly */
 	if (n)
-		emit_chunk(w, w->run_start, n);
+		emit_chunk(w, w->run_start, n, w->run_frame_start ? OKE_DATA_FRAME_START : 0);
 	w->run_start += n;
+	w->run_frame_start = 0;
 	if (w->run_start >= end) {
 		w->run_open = 0;
 		return true;
@@ -438,8 +447,10 @@ static __always_inline bool flush_step(struct walk *w, __u32 end)
 static __always_inline void open_run(struct walk *w)
 {
 	if (!w->run_open) {
+		struct dir_state *d = w->d;
 		w->run_open = 1;
 		w->run_start = w->pos;
+		w->run_frame_start = d->synced && d->frame_left == 0 && d->size_have == 0;
 	}
 }
 
@@ -536,7 +547,8 @@ static long walk_step(__u32 i, void *ctx)
 	}
 	/* frame body */
 	__u32 take = avail < d->frame_left ? avail : d->frame_left;
-	__u32 budget_left = cfg.frame_budget > d->frame_copied ? cfg.frame_budget - d->frame_copied : 0;
+	__u32 budget = cfg.frame_budget;
+	__u32 budget_left = budget > d->frame_copied ? budget - d->frame_copied : 0;
 	__u32 copy = take < budget_left ? take : budget_left;
 	if (copy) {
 		open_run(w);
@@ -610,11 +622,21 @@ static __always_inline void process_op(struct conn *c, struct active_op *op, __u
 	d->offset = start + total;
 }
 
+static __always_inline __u32 be32_at(struct peek *p, int i)
+{
+	return ((__u32)p->b[i & 31] << 24) | ((__u32)p->b[(i + 1) & 31] << 16) |
+	       ((__u32)p->b[(i + 2) & 31] << 8) | p->b[(i + 3) & 31];
+}
+
 /* Decide whether an unclassified connection speaks Kafka, from this syscall's first bytes. */
-static __always_inline void classify(struct conn *c, struct active_op *op, __u32 total, __u64 sk_ptr, __u32 tgid)
+static __always_inline void classify(struct conn *c, struct active_op *op, __u32 total)
 {
 	/* requests travel from client to server */
 	__u8 req_dir = c->role == OKE_ROLE_SERVER ? OKE_DIR_RECV : OKE_DIR_SEND;
+	if (c->role == OKE_ROLE_SERVER && !cfg.server_side) {
+		c->verdict = CONN_OTHER;
+		return;
+	}
 	if ((op->direction & 1) != req_dir) {
 		if (c->role != OKE_ROLE_UNKNOWN) {
 			/* the peer spoke first: not a Kafka client exchange */
@@ -630,14 +652,70 @@ static __always_inline void classify(struct conn *c, struct active_op *op, __u32
 		if (c->role != OKE_ROLE_UNKNOWN) {
 			c->dir[req_dir ^ 1].synced = 1;
 		} else {
-			/* joined mid-stream: responses in flight have unknown boundaries */
+			/* joined mid-stream: requests are synced from here; the response to this request
+			 * (matched by its correlation id) is where responses synchronise */
 			c->dir[req_dir].gap_flags = OKE_GAP_UNSYNCED;
 			c->dir[req_dir ^ 1].gap_flags = OKE_GAP_UNSYNCED;
+			c->resync_corr = (__s32)be32_at(&p, 8);
+			c->resync_armed = 1;
 		}
 		return;
 	}
 	if (c->role != OKE_ROLE_UNKNOWN || ++c->attempts >= OKE_DETECT_ATTEMPTS)
 		c->verdict = CONN_OTHER;
+}
+
+/* At the start of a syscall on an unsynced direction: does a frame begin here? */
+static __always_inline void try_resync(struct conn *c, struct active_op *op, __u32 total)
+{
+	__u8 dir = op->direction & 1;
+	struct dir_state *d = &c->dir[dir];
+	__u8 req_dir = c->role == OKE_ROLE_SERVER ? OKE_DIR_RECV : OKE_DIR_SEND;
+	struct peek p = {};
+	int n = peek_bytes(op, total, &p);
+	if (n <= 0)
+		return;
+	bool found = false;
+	if (dir == req_dir) {
+		if (looks_like_kafka_request(&p, n)) {
+			found = true;
+			/* responses come in request order: the answer to this one is a sync point */
+			c->resync_corr = (__s32)be32_at(&p, 8);
+			c->resync_armed = 1;
+		}
+	} else if (c->resync_armed) {
+		if (n >= 8 && (__s32)be32_at(&p, 4) == c->resync_corr) {
+			__s32 size = (__s32)be32_at(&p, 0);
+			found = size >= 4 && size <= KAFKA_MAX_FRAME;
+		} else if (c->pending4_valid && n >= 4 && (__s32)be32_at(&p, 0) == c->resync_corr) {
+			/* size field came alone in the previous read (the Java client reads it so) */
+			__s32 size = (__s32)(((__u32)c->pending4[0] << 24) | ((__u32)c->pending4[1] << 16) |
+					     ((__u32)c->pending4[2] << 8) | c->pending4[3]);
+			if (size >= 4 && size <= KAFKA_MAX_FRAME) {
+				d->synced = 1;
+				d->frame_left = size;
+				d->frame_copied = 4;
+				d->size_have = 0;
+				c->resync_armed = 0;
+				c->pending4_valid = 0;
+				return;
+			}
+		}
+		c->pending4_valid = total == 4;
+		if (total == 4) {
+			c->pending4[0] = p.b[0];
+			c->pending4[1] = p.b[1];
+			c->pending4[2] = p.b[2];
+			c->pending4[3] = p.b[3];
+		}
+		if (found)
+			c->resync_armed = 0;
+	}
+	if (found) {
+		d->synced = 1;
+		d->frame_left = 0;
+		d->size_have = 0;
+	}
 }
 
 static __always_inline void on_enter(int fd, __u64 ptr, __u32 count_arg, __u8 kind, __u8 direction)
@@ -681,7 +759,7 @@ static __always_inline void on_exit(long ret)
 	if (!c)
 		return;
 	if (c->verdict == CONN_UNKNOWN) {
-		classify(c, &op, ret, op.sk, tgid);
+		classify(c, &op, ret);
 		if (c->verdict == CONN_OTHER) {
 			count(OKE_CNT_CONN_OTHER, 1);
 			__u64 key = fd_key(tgid, op.fd);
@@ -708,6 +786,8 @@ static __always_inline void on_exit(long ret)
 		c->open_sent = 1;
 	}
 	count(OKE_CNT_SYSCALLS, 1);
+	if (!c->dir[op.direction & 1].synced && op.kind != OP_MMSG)
+		try_resync(c, &op, ret);
 	if (op.kind == OP_MMSG) {
 		/* ret counts messages; each message's msg_len bytes are walked like sendmsg/recvmsg */
 		struct mmsghdr *vec = (struct mmsghdr *)op.ptr;

@@ -40,6 +40,10 @@ enum oke_gap_flag {
 	OKE_GAP_LOOP      = 1 << 5,  /* frame walker hit its iteration bound */
 };
 
+enum oke_data_flag {
+	OKE_DATA_FRAME_START = 1 << 0,  /* payload[0] is the first byte of a frame's size field */
+};
+
 enum oke_counter {
 	OKE_CNT_SYSCALLS = 0,       /* socket syscalls seen on Kafka connections */
 	OKE_CNT_EVENTS,             /* events written to the ring buffer */
@@ -80,7 +84,7 @@ struct oke_data_event {
 	__u32 tid;
 	__u8  direction;
 	__u8  gap_flags;    /* reasons for any bytes missing before offset */
-	__u16 pad0;
+	__u16 flags;        /* OKE_DATA_* */
 	__u32 pad1;
 	__u8  payload[OKE_CHUNK_SIZE];
 };
@@ -109,7 +113,7 @@ struct oke_config {
 	__u32 ports_only;            /* 1: only connections with a port in kafka_ports */
 	__u16 kafka_ports[OKE_MAX_KAFKA_PORTS];  /* connections on these ports are Kafka without detection */
 	__u32 self_tgid;             /* the agent itself, never traced */
-	__u32 pad0;
+	__u32 server_side;           /* 1: also capture connections the process accept()ed (brokers) */
 };
 
 #endif

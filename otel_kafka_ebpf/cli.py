@@ -32,6 +32,8 @@ def _add_capture_arguments(p: argparse.ArgumentParser) -> None:
                    help="treat connections on this port as Kafka without detection (repeatable)")
     g.add_argument("--ports-only", action="store_true", default=None,
                    help="capture only connections on --kafka-port ports")
+    g.add_argument("--server-side", action="store_true", default=None,
+                   help="also capture the broker side of connections (processes that accept())")
     g.add_argument("--frame-budget", type=int, help="bytes copied per Kafka frame (default 1 MiB)")
     g.add_argument("--ringbuf-mb", type=int, help="ring buffer size in MiB (default 64)")
     g.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -43,11 +45,11 @@ def _capture_settings(args: argparse.Namespace):
 
     cfg = load_config(args.config, {
         "pids": args.capture_pids, "cgroup": args.cgroup, "kafka_ports": args.kafka_ports,
-        "ports_only": args.ports_only, "frame_budget": args.frame_budget, "ringbuf_mb": args.ringbuf_mb,
+        "ports_only": args.ports_only, "server_side": args.server_side, "frame_budget": args.frame_budget, "ringbuf_mb": args.ringbuf_mb,
     }).capture
     return CaptureSettings(frame_budget=cfg.frame_budget, ringbuf_bytes=cfg.ringbuf_mb << 20,
                            pids=set(cfg.pids), cgroup_path=cfg.cgroup, kafka_ports=tuple(cfg.kafka_ports),
-                           ports_only=cfg.ports_only)
+                           ports_only=cfg.ports_only, server_side=cfg.server_side)
 
 
 def _preflight() -> str | None:

@@ -25,6 +25,7 @@ class CaptureConfig(BaseModel):
     cgroup: str | None = Field(None, description="only this cgroup v2 directory (sidecar mode)")
     kafka_ports: list[int] = Field(default_factory=list, description="ports always treated as Kafka")
     ports_only: bool = Field(False, description="only connections on kafka_ports")
+    server_side: bool = Field(False, description="also capture connections processes accepted (brokers)")
 
     @field_validator("kafka_ports")
     @classmethod

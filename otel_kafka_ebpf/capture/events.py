@@ -18,6 +18,8 @@ GAP_USER_COPY = 1 << 3
 GAP_UNSYNCED = 1 << 4
 GAP_LOOP = 1 << 5
 
+DATA_FRAME_START = 1 << 0
+
 COUNTERS = ("syscalls", "events", "bytes", "ringbuf_drops", "gap_bytes", "conn_kafka", "conn_other",
             "tracepoint_hits")
 
@@ -55,7 +57,7 @@ class DataEventHeader(ctypes.Structure):
         ("tid", c_uint32),
         ("direction", c_uint8),
         ("gap_flags", c_uint8),
-        ("pad0", c_uint16),
+        ("flags", c_uint16),
         ("pad1", c_uint32),
     ]
 
@@ -88,7 +90,7 @@ class Config(ctypes.Structure):
         ("ports_only", c_uint32),
         ("kafka_ports", c_uint16 * MAX_KAFKA_PORTS),
         ("self_tgid", c_uint32),
-        ("pad0", c_uint32),
+        ("server_side", c_uint32),
     ]
 
 

@@ -36,6 +36,7 @@ class CaptureSettings:
     cgroup_path: str | None = None  # cgroup v2 directory (sidecar mode)
     kafka_ports: tuple[int, ...] = ()
     ports_only: bool = False
+    server_side: bool = False  # also capture connections a process accepted (a broker's side)
 
 
 class CaptureError(Exception):
@@ -53,18 +54,34 @@ class RawData:
     direction: int
     gap_flags: int
     payload: bytes
+    flags: int = 0
+
+
+def cgroup2_root() -> str | None:
+    """Mount point of the cgroup v2 hierarchy (/sys/fs/cgroup, or .../unified on hybrid hosts)."""
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    return left.split()[4]
+    except OSError:
+        pass
+    return None
 
 
 def _cgroup_id_and_level(path: str) -> tuple[int, int]:
-    """A cgroup v2 directory's id (its inode number) and depth below the root."""
+    """A cgroup v2 directory's id (its inode number) and depth below the v2 root."""
+    root = cgroup2_root()
+    if root is None:
+        raise CaptureError("no cgroup v2 hierarchy is mounted: the cgroup filter needs one")
     try:
         st = os.stat(path)
     except OSError as exc:
         raise CaptureError(f"cgroup {path}: {exc.strerror}") from None
-    root = "/sys/fs/cgroup"
-    rel = os.path.relpath(os.path.realpath(path), root)
-    if rel.startswith(".."):
-        raise CaptureError(f"cgroup {path} is not under {root} (cgroup v2)")
+    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(root))
+    if rel.startswith("..") or not os.path.exists(os.path.join(path, "cgroup.procs")):
+        raise CaptureError(f"cgroup {path} is not a cgroup v2 directory under {root}")
     level = 0 if rel == "." else len(rel.split(os.sep))
     return st.st_ino, level
 
@@ -128,6 +145,7 @@ class CaptureProgram:
             cfg.kafka_ports[i] = port
         cfg.ports_only = 1 if s.ports_only else 0
         cfg.self_tgid = os.getpid()
+        cfg.server_side = 1 if s.server_side else 0
         rodata = self._find_map(".rodata")
         size = ctypes.c_size_t()
         L.bpf_map__initial_value(rodata, ctypes.byref(size))
@@ -189,9 +207,9 @@ class CaptureProgram:
             raw = ctypes.string_at(data, size)
             etype = int.from_bytes(raw[:4], "little")
             if etype == ev.EV_DATA:
-                (_, n, conn_id, ts, offset, pid, tid, direction, flags, _, _) = DATA_HEADER.unpack_from(raw)
-                event = RawData(conn_id, ts, offset, pid, tid, direction, flags,
-                                raw[DATA_HEADER.size:DATA_HEADER.size + n])
+                (_, n, conn_id, ts, offset, pid, tid, direction, gap_flags, flags, _) = DATA_HEADER.unpack_from(raw)
+                event = RawData(conn_id, ts, offset, pid, tid, direction, gap_flags,
+                                raw[DATA_HEADER.size:DATA_HEADER.size + n], flags)
             elif etype == ev.EV_OPEN:
                 event = ev.OpenEvent.from_buffer_copy(raw)
             elif etype == ev.EV_CLOSE:

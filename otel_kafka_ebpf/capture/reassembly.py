@@ -131,7 +131,8 @@ class StreamAssembler:
         elif d.gap_flags & ev.GAP_UNSYNCED:
             # no bytes missing, but frame boundaries are unknown from here (joined mid-stream)
             out.append(StreamGap(d.conn_id, direction, ts, offset, 0, GapReason.UNKNOWN_START))
-        out.append(StreamData(d.conn_id, direction, ts, offset, data))
+        out.append(StreamData(d.conn_id, direction, ts, offset, data,
+                              bool(d.flags & ev.DATA_FRAME_START) and offset == d.offset))
         conn.next_offset[direction] = offset + len(data)
         return out
 

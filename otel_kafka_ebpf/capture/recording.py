@@ -38,8 +38,11 @@ class RecordingError(Exception):
 
 def _encode(event: StreamEvent) -> dict:
     if isinstance(event, StreamData):
-        return {"t": "data", "c": event.conn_id, "d": int(event.direction), "ts": event.ts_ns,
-                "o": event.offset, "b": base64.b64encode(event.data).decode("ascii")}
+        obj = {"t": "data", "c": event.conn_id, "d": int(event.direction), "ts": event.ts_ns,
+               "o": event.offset, "b": base64.b64encode(event.data).decode("ascii")}
+        if event.frame_start:
+            obj["fs"] = 1
+        return obj
     if isinstance(event, StreamGap):
         return {"t": "gap", "c": event.conn_id, "d": int(event.direction), "ts": event.ts_ns,
                 "o": event.offset, "n": event.length, "r": int(event.reason)}
@@ -56,7 +59,8 @@ def _encode(event: StreamEvent) -> dict:
 def _decode(obj: dict) -> StreamEvent:
     t = obj["t"]
     if t == "data":
-        return StreamData(obj["c"], Direction(obj["d"]), obj["ts"], obj["o"], base64.b64decode(obj["b"]))
+        return StreamData(obj["c"], Direction(obj["d"]), obj["ts"], obj["o"], base64.b64decode(obj["b"]),
+                          bool(obj.get("fs")))
     if t == "gap":
         return StreamGap(obj["c"], Direction(obj["d"]), obj["ts"], obj["o"], obj["n"], GapReason(obj["r"]))
     if t == "open":

@@ -56,6 +56,7 @@ class StreamData:
     ts_ns: int  # wall clock of the syscall that moved these bytes
     offset: int  # position of data[0] in this direction's stream
     data: bytes
+    frame_start: bool = False  # the capture knows data[0] begins a Kafka frame (its size field)
 
 
 @dataclass(frozen=True, slots=True)

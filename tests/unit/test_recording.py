@@ -10,7 +10,7 @@ from otel_kafka_ebpf.capture.streams import (
 
 EVENTS = [
     ConnectionOpened(1, 10, 100, 101, "java", 5, 6, "127.0.0.1", 40000, "127.0.0.1", 9092, Role.CLIENT),
-    StreamData(1, Direction.SEND, 11, 0, bytes(range(256))),
+    StreamData(1, Direction.SEND, 11, 0, bytes(range(256)), frame_start=True),
     StreamGap(1, Direction.RECV, 12, 0, 77, GapReason.BUDGET),
     StreamData(1, Direction.RECV, 13, 77, b"\x00\x01"),
     ConnectionClosed(1, 14),

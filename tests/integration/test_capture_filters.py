@@ -1,0 +1,152 @@
+"""Capture filters (pid, cgroup, ports), joining connections that predate the agent, and `record`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from otel_kafka_ebpf.capture.loader import CaptureSettings, cgroup2_root
+from otel_kafka_ebpf.capture.recording import read_recording
+from otel_kafka_ebpf.capture.streams import ConnectionOpened, Direction, StreamData, StreamGap
+from tests.testbed.agent_capture import BackgroundCapture
+from tests.testbed.pcap_oracle import LoopbackCapture
+from tests.workloads import GroundTruth, command
+
+pytestmark = [pytest.mark.integration, pytest.mark.bpf,
+              pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")]
+
+
+def _gated(cmd: list[str], gate, prelude: str = "") -> subprocess.Popen:
+    """Start `cmd` once the file `gate` exists, in the same process (exec): its pid is known up front."""
+    script = f'{prelude} while [ ! -e "{gate}" ]; do sleep 0.05; done; exec "$@"'
+    return subprocess.Popen(["sh", "-c", script, "sh", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _kafka_pids(capture: BackgroundCapture, port: int) -> set[int]:
+    return {c.opened.pid for c in capture.connections().values() if c.opened.remote_port == port}
+
+
+def test_pid_filter_captures_only_those_processes(kafka_broker, topic_factory, tmp_path):
+    topic = topic_factory(partitions=1)
+    opts = dict(bootstrap=kafka_broker.bootstrap, messages=50, partitions=1)
+    gate = tmp_path / "go"
+    wanted = _gated(command("go", out=str(tmp_path / "a.jsonl"), topic=topic, client_id="wanted", **opts), gate)
+    other = _gated(command("go", out=str(tmp_path / "b.jsonl"), topic=topic_factory(partitions=1),
+                           client_id="other", **opts), gate)
+    with BackgroundCapture(CaptureSettings(pids={wanted.pid})) as capture:
+        gate.touch()
+        assert wanted.wait(120) == 0 and other.wait(120) == 0
+    assert _kafka_pids(capture, kafka_broker.port) == {wanted.pid}
+
+
+@pytest.mark.skipif(cgroup2_root() is None, reason="needs a cgroup v2 hierarchy")
+def test_cgroup_filter_captures_only_that_container(kafka_broker, topic_factory, tmp_path):
+    topic = topic_factory(partitions=1)
+    cg = os.path.join(cgroup2_root(), f"oke-test-{uuid.uuid4().hex[:8]}")
+    os.mkdir(cg)
+    try:
+        opts = dict(bootstrap=kafka_broker.bootstrap, messages=50, partitions=1)
+        gate = tmp_path / "go"
+        inside = _gated(command("go", out=str(tmp_path / "in.jsonl"), topic=topic, client_id="inside", **opts),
+                        gate, prelude=f"echo $$ > {cg}/cgroup.procs;")
+        outside = _gated(command("go", out=str(tmp_path / "out.jsonl"), topic=topic_factory(partitions=1),
+                                 client_id="outside", **opts), gate)
+        with BackgroundCapture(CaptureSettings(cgroup_path=cg)) as capture:
+            gate.touch()
+            assert inside.wait(120) == 0 and outside.wait(120) == 0
+        assert _kafka_pids(capture, kafka_broker.port) == {inside.pid}
+    finally:
+        os.rmdir(cg)
+
+
+def test_ports_only_ignores_other_ports(kafka_broker, topic_factory, tmp_path):
+    """ports_only with a port nobody uses: the Kafka traffic on the broker's port is not captured."""
+    topic = topic_factory(partitions=1)
+    settings = CaptureSettings(kafka_ports=(1,), ports_only=True)
+    with BackgroundCapture(settings) as capture:
+        p = subprocess.run(command("go", bootstrap=kafka_broker.bootstrap, topic=topic, messages=20,
+                                   out=str(tmp_path / "g.jsonl")), capture_output=True, timeout=120)
+        assert p.returncode == 0
+    assert capture.connections() == {}
+    assert capture.counters["conn_kafka"] == 0
+
+
+def test_forced_port_is_kafka_without_detection(kafka_broker, topic_factory, tmp_path):
+    topic = topic_factory(partitions=1)
+    settings = CaptureSettings(kafka_ports=(kafka_broker.port,), ports_only=True)
+    with BackgroundCapture(settings) as capture:
+        p = subprocess.run(command("go", bootstrap=kafka_broker.bootstrap, topic=topic, messages=20,
+                                   out=str(tmp_path / "g.jsonl")), capture_output=True, timeout=120)
+        assert p.returncode == 0
+    assert _kafka_pids(capture, kafka_broker.port) == {p.args and GroundTruth.load(tmp_path / "g.jsonl").pid}
+
+
+def test_joining_connections_that_predate_the_agent(kafka_broker, topic_factory, tmp_path):
+    """A client already running when the agent starts: its streams are captured from the first syscall
+    seen, the bytes before are an exact gap, requests resynchronise at once and responses at the answer
+    to the first request seen."""
+    topic = topic_factory(partitions=1)
+    with LoopbackCapture(kafka_broker.port) as pcap:
+        proc = subprocess.Popen(command("go", bootstrap=kafka_broker.bootstrap, topic=topic, messages=2500, rate=100,
+                                        mode="produce", out=str(tmp_path / "g.jsonl"), linger_ms=0),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(3)  # connections are up and busy before the agent attaches
+        with BackgroundCapture() as capture:
+            assert proc.poll() is None, "the client must still be running when the agent attaches"
+            assert proc.wait(120) == 0, proc.stderr.read()
+    oracle = pcap.streams()
+    joined = [c for c in capture.connections().values()
+              if c.opened.pid == proc.pid and c.opened.remote_port == kafka_broker.port]
+    assert joined, "the running client's connections were not picked up"
+    checked_send = checked_recv = 0
+    frame_starts = {Direction.SEND: 0, Direction.RECV: 0}
+    for e in capture.events:
+        if isinstance(e, StreamData) and e.frame_start:
+            frame_starts[e.direction] += 1
+    for conn in joined:
+        ref = oracle[(conn.opened.local_port, kafka_broker.port)]
+        for direction, wire in ((Direction.SEND, bytes(ref.c2s)), (Direction.RECV, bytes(ref.s2c))):
+            got, gaps = conn.stream(direction)
+            # only a leading gap (bytes before detection), none later
+            assert all(off == 0 for off, _ in gaps), f"{direction.name}: gaps after the start {gaps}"
+            lead = gaps[0][1] if gaps else 0
+            tail = got[lead:]
+            if not tail:
+                continue
+            if direction == Direction.SEND:
+                assert wire.endswith(tail), "captured requests are not the wire's last bytes"
+                checked_send += len(tail)
+            else:
+                assert tail in wire, "captured responses are not a slice of the wire"
+                checked_recv += len(tail)
+    assert checked_send > 10_000 and checked_recv > 1_000
+    assert frame_starts[Direction.SEND] > 0 and frame_starts[Direction.RECV] > 0, frame_starts
+
+
+def test_record_command_writes_a_readable_recording(kafka_broker, topic_factory, tmp_path):
+    topic = topic_factory(partitions=1)
+    out = tmp_path / "cap.okr"
+    agent = subprocess.Popen([sys.executable, "-m", "otel_kafka_ebpf.cli", "record", "--out", str(out)],
+                             stderr=subprocess.PIPE, text=True)
+    first = agent.stderr.readline()  # printed once the programs are attached
+    assert "recording to" in first, first
+    wl = subprocess.run(command("go", bootstrap=kafka_broker.bootstrap, topic=topic, messages=100,
+                                out=str(tmp_path / "g.jsonl")), capture_output=True, timeout=120)
+    assert wl.returncode == 0
+    agent.send_signal(signal.SIGINT)  # Ctrl-C ends a recording cleanly
+    _, err = agent.communicate(timeout=60)
+    assert agent.returncode == 0, err
+    assert "Traceback" not in err and "wrote" in err
+    pid = GroundTruth.load(tmp_path / "g.jsonl").pid
+    events = list(read_recording(out))
+    conns = {e.conn_id for e in events if isinstance(e, ConnectionOpened) and e.pid == pid}
+    assert conns
+    sent = sum(len(e.data) for e in events if isinstance(e, StreamData) and e.conn_id in conns)
+    assert sent > 100 * 100  # the produced values crossed the captured connections
+    assert not [e for e in events if isinstance(e, StreamGap) and e.conn_id in conns and e.length]
