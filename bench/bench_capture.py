@@ -119,6 +119,39 @@ def captured_run(rounds: int, pace: float) -> dict:
             "mb_per_s": captured["bytes"] / seconds / 1e6, "events_per_s": captured["events"] / seconds}
 
 
+def syscall_heavy_seconds() -> float:
+    """A process that is not Kafka at all: 2 million tiny read/write syscalls (dd, 1-byte blocks)."""
+    t0 = time.perf_counter()
+    subprocess.run(["dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=1000000"],
+                   check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def non_kafka_overhead() -> tuple[float, float]:
+    syscall_heavy_seconds()  # warm-up
+    off = min(syscall_heavy_seconds() for _ in range(3))
+    with LiveCaptureRunning():
+        on = min(syscall_heavy_seconds() for _ in range(3))
+    return off, on
+
+
+class LiveCaptureRunning:
+    """The agent attached and draining its ring buffer in a thread, for the duration of a `with`."""
+
+    def __enter__(self):
+        self.live = LiveCapture(CaptureSettings())
+        ready = threading.Event()
+        self.live.on_ready = ready.set
+        self.thread = threading.Thread(target=lambda: [None for _ in self.live], daemon=True)
+        self.thread.start()
+        ready.wait(60)
+        return self
+
+    def __exit__(self, *exc):
+        self.live.stop()
+        self.thread.join(30)
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("bench_capture: needs root to load the BPF program", file=sys.stderr)
@@ -139,7 +172,12 @@ def main() -> int:
         if r["loss_free"]:
             best = {"pace_rounds_per_s": pace, **r}
             break
+    dd_off, dd_on = non_kafka_overhead()
+    print(f"  non-Kafka process (dd, 2M read/write syscalls of 1 byte): agent off {dd_off:.3f} s, on {dd_on:.3f} s "
+          f"-> slowdown x{dd_on / dd_off:.3f}")
     result = {
+        "non_kafka_dd_seconds_agent_off": round(dd_off, 3), "non_kafka_dd_seconds_agent_on": round(dd_on, 3),
+        "non_kafka_slowdown_ratio": round(dd_on / dd_off, 3),
         "frame_bytes": FRAME_BODY + 4, "rounds_unpaced": ROUNDS,
         "client_seconds_agent_off": round(off, 3), "client_seconds_agent_on": round(on, 3),
         "slowdown_ratio": round(on / off, 3), "unpaced": on_run, "best_loss_free": best,

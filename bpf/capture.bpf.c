@@ -8,7 +8,9 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
 #include "capture.h"
+#include "syscalls.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -31,7 +33,7 @@ const volatile struct oke_config cfg = {};
 
 enum conn_verdict { CONN_UNKNOWN = 0, CONN_KAFKA = 1, CONN_OTHER = 2 };
 enum fd_verdict { FD_NOT_SOCKET = 1, FD_NOT_KAFKA = 2 };
-enum op_kind { OP_BUF = 0, OP_IOV = 1, OP_MSG = 2, OP_MMSG = 3 };
+enum op_kind { OP_BUF = 0, OP_IOV = 1, OP_MSG = 2, OP_MMSG = 3, OP_CONNECT = 4, OP_ACCEPT = 5 };
 
 struct dir_state {
 	__u64 offset;        /* stream bytes seen so far */
@@ -807,108 +809,9 @@ static __always_inline void on_exit(long ret)
 	process_op(c, &op, ret, ts);
 }
 
-/* ---- syscall tracepoints ---- */
+/* ---- raw syscall tracepoints: one program for every syscall's entry, one for its exit ---- */
 
-#define ARG(ctx, n) ((ctx)->args[n])
-
-SEC("tracepoint/syscalls/sys_enter_write")
-int enter_write(struct trace_event_raw_sys_enter *ctx)
-{
-	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_BUF, OKE_DIR_SEND);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_read")
-int enter_read(struct trace_event_raw_sys_enter *ctx)
-{
-	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_BUF, OKE_DIR_RECV);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int enter_sendto(struct trace_event_raw_sys_enter *ctx)
-{
-	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_BUF, OKE_DIR_SEND);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
-{
-	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_BUF, OKE_DIR_RECV);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_writev")
-int enter_writev(struct trace_event_raw_sys_enter *ctx)
-{
-	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_IOV, OKE_DIR_SEND);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_readv")
-int enter_readv(struct trace_event_raw_sys_enter *ctx)
-{
-	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_IOV, OKE_DIR_RECV);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
-{
-	on_enter(ARG(ctx, 0), ARG(ctx, 1), 0, OP_MSG, OKE_DIR_SEND);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
-{
-	on_enter(ARG(ctx, 0), ARG(ctx, 1), 0, OP_MSG, OKE_DIR_RECV);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendmmsg")
-int enter_sendmmsg(struct trace_event_raw_sys_enter *ctx)
-{
-	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_MMSG, OKE_DIR_SEND);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvmmsg")
-int enter_recvmmsg(struct trace_event_raw_sys_enter *ctx)
-{
-	on_enter(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), OP_MMSG, OKE_DIR_RECV);
-	return 0;
-}
-
-#define EXIT_PROG(name)                                                  \
-	SEC("tracepoint/syscalls/sys_exit_" #name)                       \
-	int exit_##name(struct trace_event_raw_sys_exit *ctx)            \
-	{                                                                \
-		on_exit(ctx->ret);                                       \
-		return 0;                                                \
-	}
-
-EXIT_PROG(write)
-EXIT_PROG(read)
-EXIT_PROG(sendto)
-EXIT_PROG(recvfrom)
-EXIT_PROG(writev)
-EXIT_PROG(readv)
-EXIT_PROG(sendmsg)
-EXIT_PROG(recvmsg)
-EXIT_PROG(sendmmsg)
-EXIT_PROG(recvmmsg)
-
-/* connect/accept tell the role and that we are at the start of both streams */
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);   /* pid_tgid */
-	__type(value, __s32); /* fd for connect */
-} pending_connect SEC(".maps");
-
+/* connect()/accept() tell the role, and that both streams start here */
 static __always_inline void new_conn(int fd, __u8 role)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -925,60 +828,22 @@ static __always_inline void new_conn(int fd, __u8 role)
 	conn_for(sk_ptr, ino, role, tgid);
 }
 
-SEC("tracepoint/syscalls/sys_enter_connect")
-int enter_connect(struct trace_event_raw_sys_enter *ctx)
+static __always_inline void on_connect_exit(struct active_op *op, long ret)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!traced(pid_tgid >> 32))
-		return 0;
-	__s32 fd = ARG(ctx, 0);
-	bpf_map_update_elem(&pending_connect, &pid_tgid, &fd, BPF_ANY);
-	return 0;
+	if (ret == 0 || ret == -EINPROGRESS)
+		new_conn(op->fd, OKE_ROLE_CLIENT);
 }
 
-SEC("tracepoint/syscalls/sys_exit_connect")
-int exit_connect(struct trace_event_raw_sys_exit *ctx)
+static __always_inline void remember(__u64 pid_tgid, int fd, __u8 kind)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__s32 *fdp = bpf_map_lookup_elem(&pending_connect, &pid_tgid);
-	if (!fdp)
-		return 0;
-	__s32 fd = *fdp;
-	bpf_map_delete_elem(&pending_connect, &pid_tgid);
-	if (ctx->ret == 0 || ctx->ret == -EINPROGRESS)
-		new_conn(fd, OKE_ROLE_CLIENT);
-	return 0;
+	struct active_op op = { .kind = kind, .fd = fd };
+	bpf_map_update_elem(&active, &pid_tgid, &op, BPF_ANY);
 }
 
-static __always_inline void on_accept_exit(long ret)
-{
-	if (ret < 0 || !traced(bpf_get_current_pid_tgid() >> 32))
-		return;
-	new_conn(ret, OKE_ROLE_SERVER);
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept")
-int exit_accept(struct trace_event_raw_sys_exit *ctx)
-{
-	on_accept_exit(ctx->ret);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int exit_accept4(struct trace_event_raw_sys_exit *ctx)
-{
-	on_accept_exit(ctx->ret);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_close")
-int enter_close(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int on_close(int fd)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
-	if (!traced(tgid))
-		return 0;
-	int fd = ARG(ctx, 0);
 	__u64 key = fd_key(tgid, fd);
 	__u8 *v = bpf_map_lookup_elem(&fd_verdicts, &key);
 	if (v) {
@@ -1010,6 +875,72 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 		}
 	}
 	bpf_map_delete_elem(&conns, &sk_ptr);
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
+{
+	__u8 kind, direction;
+	switch (id) {
+	case OKE_NR_write:    kind = OP_BUF;  direction = OKE_DIR_SEND; break;
+	case OKE_NR_read:     kind = OP_BUF;  direction = OKE_DIR_RECV; break;
+	case OKE_NR_sendto:   kind = OP_BUF;  direction = OKE_DIR_SEND; break;
+	case OKE_NR_recvfrom: kind = OP_BUF;  direction = OKE_DIR_RECV; break;
+	case OKE_NR_writev:   kind = OP_IOV;  direction = OKE_DIR_SEND; break;
+	case OKE_NR_readv:    kind = OP_IOV;  direction = OKE_DIR_RECV; break;
+	case OKE_NR_sendmsg:  kind = OP_MSG;  direction = OKE_DIR_SEND; break;
+	case OKE_NR_recvmsg:  kind = OP_MSG;  direction = OKE_DIR_RECV; break;
+	case OKE_NR_sendmmsg: kind = OP_MMSG; direction = OKE_DIR_SEND; break;
+	case OKE_NR_recvmmsg: kind = OP_MMSG; direction = OKE_DIR_RECV; break;
+	case OKE_NR_connect:
+	case OKE_NR_accept:
+	case OKE_NR_accept4:
+	case OKE_NR_close: {
+		__u64 pid_tgid = bpf_get_current_pid_tgid();
+		if (!traced(pid_tgid >> 32))
+			return 0;
+		int fd = PT_REGS_PARM1_CORE_SYSCALL(regs);
+		if (id == OKE_NR_close)
+			return on_close(fd);
+		remember(pid_tgid, fd, id == OKE_NR_connect ? OP_CONNECT : OP_ACCEPT);
+		return 0;
+	}
+	default:
+		return 0;
+	}
+	on_enter(PT_REGS_PARM1_CORE_SYSCALL(regs), PT_REGS_PARM2_CORE_SYSCALL(regs),
+		 kind == OP_MSG ? 0 : PT_REGS_PARM3_CORE_SYSCALL(regs), kind, direction);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
+{
+	long nr = OKE_SYSCALL_NR(regs);
+	switch (nr) {
+	case OKE_NR_write: case OKE_NR_read: case OKE_NR_sendto: case OKE_NR_recvfrom:
+	case OKE_NR_writev: case OKE_NR_readv: case OKE_NR_sendmsg: case OKE_NR_recvmsg:
+	case OKE_NR_sendmmsg: case OKE_NR_recvmmsg: case OKE_NR_connect: case OKE_NR_accept:
+	case OKE_NR_accept4:
+		break;
+	default:
+		return 0;
+	}
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct active_op *opp = bpf_map_lookup_elem(&active, &pid_tgid);
+	if (!opp)
+		return 0;
+	if (opp->kind == OP_CONNECT || opp->kind == OP_ACCEPT) {
+		struct active_op op = *opp;
+		bpf_map_delete_elem(&active, &pid_tgid);
+		if (op.kind == OP_CONNECT)
+			on_connect_exit(&op, ret);
+		else if (ret >= 0)
+			new_conn(ret, OKE_ROLE_SERVER);
+		return 0;
+	}
+	on_exit(ret);
 	return 0;
 }
 

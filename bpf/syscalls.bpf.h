@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: Apache-2.0
+ * Syscall numbers and the syscall number of a pt_regs, per architecture: the raw syscall
+ * tracepoints (tp_btf/sys_enter, sys_exit) fire for every syscall and carry only the number. */
+#ifndef OKE_SYSCALLS_BPF_H
+#define OKE_SYSCALLS_BPF_H
+
+#if defined(__TARGET_ARCH_x86)
+#define OKE_NR_read      0
+#define OKE_NR_write     1
+#define OKE_NR_close     3
+#define OKE_NR_readv     19
+#define OKE_NR_writev    20
+#define OKE_NR_connect   42
+#define OKE_NR_accept    43
+#define OKE_NR_sendto    44
+#define OKE_NR_recvfrom  45
+#define OKE_NR_sendmsg   46
+#define OKE_NR_recvmsg   47
+#define OKE_NR_accept4   288
+#define OKE_NR_recvmmsg  299
+#define OKE_NR_sendmmsg  307
+#define OKE_SYSCALL_NR(regs) BPF_CORE_READ((regs), orig_ax)
+#elif defined(__TARGET_ARCH_arm64)
+/* asm-generic/unistd.h */
+#define OKE_NR_close     57
+#define OKE_NR_read      63
+#define OKE_NR_write     64
+#define OKE_NR_readv     65
+#define OKE_NR_writev    66
+#define OKE_NR_connect   203
+#define OKE_NR_accept    202
+#define OKE_NR_sendto    206
+#define OKE_NR_recvfrom  207
+#define OKE_NR_sendmsg   211
+#define OKE_NR_recvmsg   212
+#define OKE_NR_accept4   242
+#define OKE_NR_recvmmsg  243
+#define OKE_NR_sendmmsg  269
+#define OKE_SYSCALL_NR(regs) BPF_CORE_READ((regs), syscallno)
+#else
+#error "unsupported architecture: add its syscall numbers to bpf/syscalls.bpf.h"
+#endif
+
+#endif
