@@ -54,9 +54,9 @@ def _capture_settings(args: argparse.Namespace):
 
 def _preflight() -> str | None:
     """The one-line reason the live capture cannot start, if any (doctor has the details)."""
-    from .doctor import check_btf, check_privileges, check_tracefs
+    from .doctor import check_btf, check_kernel_version, check_privileges
 
-    for check in (check_privileges, check_btf, check_tracefs):
+    for check in (check_privileges, check_btf, check_kernel_version):
         r = check()
         if not r.ok:
             return f"{r.name}: {r.detail} -> {r.fix} (run `otel-kafka-ebpf doctor` for all checks)"

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from typing import Callable, TextIO
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-SYSCALL_TRACEPOINTS = ("read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg",
-                       "recvmmsg", "sendmmsg", "connect", "accept", "accept4", "close")
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 # bpf(2) commands and map types used by the probes below (uapi/linux/bpf.h).
@@ -95,24 +93,29 @@ def find_tracefs() -> str | None:
     return None
 
 
-def check_tracefs() -> Check:
-    path = find_tracefs()
-    if path:
-        return Check("tracefs", True, f"mounted at {path}")
-    return Check("tracefs", False, "tracefs is not mounted", "mount -t tracefs tracefs /sys/kernel/tracing")
+def check_kernel_version() -> Check:
+    release = platform.release()
+    try:
+        major, minor = (int(x) for x in release.split(".")[:2])
+    except ValueError:
+        return Check("kernel version", False, f"cannot parse {release!r}", required=False)
+    if (major, minor) >= (5, 17):
+        return Check("kernel version", True, f"{release} (raw syscall tracepoints with BTF, ring buffers, bpf_loop)")
+    return Check("kernel version", False, f"{release} is older than 5.17: bpf_loop, which the capture uses, is missing",
+                 "use Linux 5.17 or later")
 
 
 def check_syscall_tracepoints() -> Check:
+    """The capture attaches to the raw syscall tracepoints through BTF; tracefs only helps to look."""
     path = find_tracefs()
     if not path:
-        return Check("syscall tracepoints", False, "cannot look: tracefs is not mounted",
-                     "mount -t tracefs tracefs /sys/kernel/tracing")
-    base = os.path.join(path, "events", "syscalls")
-    missing = [f"{kind}_{name}" for name in SYSCALL_TRACEPOINTS for kind in ("sys_enter", "sys_exit")
-               if not os.path.isdir(os.path.join(base, f"{kind}_{name}"))]
+        return Check("syscall tracepoints", True, "attached through BTF (tracefs not mounted, not needed)",
+                     required=False)
+    missing = [name for name in ("raw_syscalls/sys_enter", "raw_syscalls/sys_exit", "sched/sched_process_exit")
+               if not os.path.isdir(os.path.join(path, "events", name))]
     if not missing:
-        return Check("syscall tracepoints", True, f"{2 * len(SYSCALL_TRACEPOINTS)} socket syscall tracepoints present")
-    return Check("syscall tracepoints", False, f"missing: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}",
+        return Check("syscall tracepoints", True, "raw_syscalls/sys_enter, sys_exit and sched_process_exit present")
+    return Check("syscall tracepoints", False, f"missing: {', '.join(missing)}",
                  "use a kernel with CONFIG_FTRACE_SYSCALLS=y")
 
 
@@ -143,7 +146,7 @@ def check_bpf_objects() -> Check:
 
 
 CHECKS: tuple[Callable[[], Check], ...] = (
-    check_privileges, check_btf, check_bpf_syscall, check_ringbuf, check_tracefs,
+    check_privileges, check_btf, check_kernel_version, check_bpf_syscall, check_ringbuf,
     check_syscall_tracepoints, check_uprobes, check_libbpf, check_bpf_objects,
 )
 
