@@ -154,6 +154,14 @@ struct {
 	__type(value, struct event_layouts);
 } layouts SEC(".maps");
 
+/* (netns inode << 16 | port) of sockets listening when the agent started, filled by user space */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u8);
+} listen_ports SEC(".maps");
+
 static __always_inline void count(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
@@ -208,12 +216,13 @@ static __always_inline struct sock *tcp_sock_of_fd(int fd, __u64 *ino, bool *is_
 	return sk;
 }
 
+/* A connection to a forced port (a Kafka client's side); with server_side, also one accepted on it. */
 static __always_inline bool port_forced(__u16 lport, __u16 rport)
 {
 #pragma unroll
 	for (int i = 0; i < OKE_MAX_KAFKA_PORTS; i++) {
 		__u16 p = cfg.kafka_ports[i];
-		if (p && (p == lport || p == rport))
+		if (p && (p == rport || (cfg.server_side && p == lport)))
 			return true;
 	}
 	return false;
@@ -234,6 +243,12 @@ static __always_inline struct conn *conn_for(__u64 sk_ptr, __u64 ino, __u8 role,
 	struct sock *sk = (struct sock *)sk_ptr;
 	__u16 lport, rport;
 	sock_ports(sk, &lport, &rport);
+	if (role == OKE_ROLE_UNKNOWN) {
+		/* a connection older than the agent: on a port that was listening then, we are its server */
+		__u64 lkey = ((__u64)BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) << 16) | lport;
+		if (bpf_map_lookup_elem(&listen_ports, &lkey))
+			role = OKE_ROLE_SERVER;
+	}
 	bool forced = port_forced(lport, rport);
 	if (cfg.ports_only && !forced)
 		return NULL;

@@ -86,6 +86,36 @@ def _cgroup_id_and_level(path: str) -> tuple[int, int]:
     return st.st_ino, level
 
 
+TCP_LISTEN = "0A"
+
+
+def listening_ports() -> set[tuple[int, int]]:
+    """(netns inode, port) of every listening TCP socket, over all network namespaces of the host."""
+    seen_ns: set[int] = set()
+    out: set[tuple[int, int]] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ns = os.stat(f"/proc/{entry}/ns/net").st_ino
+        except OSError:
+            continue
+        if ns in seen_ns:
+            continue
+        seen_ns.add(ns)
+        for table in ("tcp", "tcp6"):
+            try:
+                with open(f"/proc/{entry}/net/{table}") as fh:
+                    next(fh, None)
+                    for line in fh:
+                        fields = line.split()
+                        if len(fields) > 3 and fields[3] == TCP_LISTEN:
+                            out.add((ns, int(fields[1].rsplit(":", 1)[1], 16)))
+            except OSError:
+                continue
+    return out
+
+
 def _ringbuf_size(n: int) -> int:
     """Ring buffers must be a power-of-two multiple of the page size."""
     page = os.sysconf("SC_PAGE_SIZE")
@@ -118,11 +148,12 @@ class CaptureProgram:
         except LibbpfError as exc:
             self.close()
             raise CaptureError(f"loading the BPF program failed: {exc}") from None
-        for name in ("events", "counters", "conns", "pid_filter", "fd_verdicts"):
+        for name in ("events", "counters", "conns", "pid_filter", "fd_verdicts", "listen_ports"):
             self._maps[name] = L.bpf_map__fd(L.bpf_object__find_map_by_name(self._obj, name.encode()))
         self._ncpus = L.libbpf_num_possible_cpus()
         for pid in self.settings.pids:
             self.add_pid(pid)
+        self._load_listeners()
         try:
             self._attach_all()
             self._rb = L.ring_buffer__new(self._maps["events"], self._cb, None, None)
@@ -238,6 +269,13 @@ class CaptureProgram:
 
     def add_pid(self, pid: int) -> None:
         map_update(self._maps["pid_filter"], ctypes.c_uint32(pid), ctypes.c_uint8(1))
+
+    def _load_listeners(self) -> None:
+        """Tell the kernel side which (netns, port) were listening, so connections that predate the
+        agent are known as server ends (not mistaken for clients by their responses)."""
+        fd = self._maps["listen_ports"]
+        for netns, port in listening_ports():
+            map_update(fd, ctypes.c_uint64(netns << 16 | port), ctypes.c_uint8(1))
 
     def forget_process(self, pid: int) -> int:
         """Drop kernel state of an exited process's connections; returns entries removed."""

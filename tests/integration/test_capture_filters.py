@@ -129,6 +129,28 @@ def test_joining_connections_that_predate_the_agent(kafka_broker, topic_factory,
     assert frame_starts[Direction.SEND] > 0 and frame_starts[Direction.RECV] > 0, frame_starts
 
 
+def test_server_ends_older_than_the_agent_are_not_taken_for_clients(kafka_broker, topic_factory, tmp_path):
+    """A broker's Fetch responses to an idle consumer start like a request (small correlation id read as
+    api_key 0 / version, zero throttle time and error code read as correlation id and client id length);
+    the ports listening when the agent starts tell it which connection ends are servers."""
+    topic = topic_factory(partitions=1)
+    consumer = subprocess.Popen(command("go", bootstrap=kafka_broker.bootstrap, topic=topic, messages=3,
+                                        mode="consume", out=str(tmp_path / "c.jsonl")),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(4)  # long-polling an empty partition before the agent attaches
+    with BackgroundCapture() as capture:
+        time.sleep(6)  # a few more long polls while attached
+        produced = subprocess.run(command("go", bootstrap=kafka_broker.bootstrap, topic=topic, messages=3,
+                                          mode="produce", out=str(tmp_path / "p.jsonl")), capture_output=True,
+                                  timeout=120)
+        assert produced.returncode == 0
+        assert consumer.wait(120) == 0, consumer.stderr.read()
+    conns = capture.connections().values()
+    assert [c for c in conns if c.opened.pid == consumer.pid], "the consumer's own connections must be captured"
+    server_ends = [c for c in conns if c.opened.local_port == kafka_broker.port]
+    assert not server_ends, "the broker's ends of connections older than the agent were taken for clients"
+
+
 def test_record_command_writes_a_readable_recording(kafka_broker, topic_factory, tmp_path):
     topic = topic_factory(partitions=1)
     out = tmp_path / "cap.okr"
