@@ -487,7 +487,7 @@ class KafkaBroker(KafkaTools):
         self.cluster_id = _random_cluster_id()
         fmt = subprocess.run(
             self._java("kafka.tools.StorageTool", "format", "--standalone",
-                       "--cluster-id", self.cluster_id,
+                       f"--cluster-id={self.cluster_id}",  # one token: ids may start with '-'
                        "--config", str(self.log_dir / "server.properties"), jvm=_TOOL_JVM),
             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         if fmt.returncode != 0:

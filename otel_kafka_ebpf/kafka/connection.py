@@ -1,0 +1,453 @@
+"""Per-connection request/response correlation: frames in both directions -> `KafkaPair` events.
+
+Sans-IO like h11: feed the bytes and gaps of each direction, pull events with `next_event()`
+until it returns `NEED_DATA`. Kafka answers the requests of one connection in order, so a response
+for correlation id N also tells which earlier requests lost their response in a gap. Nothing read
+from the stream raises out of here; problems are counted in `stats`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from ..capture.streams import (
+    ConnectionClosed, ConnectionOpened, Direction, Role, StreamData, StreamEvent, StreamGap,
+)
+from . import fetch
+from .apis import UnsupportedApi, decode_request_body, decode_response_body
+from .frames import ACCEPT, MAX_FRAME, NEED_DATA, NEED_MORE, REJECT, Frame, FrameSplitter
+from .headers import RequestHeader, read_request_header, read_response_correlation_id, response_body_position
+from .primitives import DecodeError
+from .versions import API_TABLE, FETCH, MAX_API_VERSION, PRODUCE, response_header_version
+
+__all__ = ["KafkaPair", "KafkaConnection", "KafkaStreamDecoder", "NEED_DATA"]
+
+MAX_PENDING = 1024  # outstanding requests kept per connection; clients pipeline far fewer
+
+# Why a side of a pair has no decoded message
+LOST = "lost"  # its bytes fell in a capture gap
+TRUNCATED = "truncated"  # its frame was cut by a gap after the header
+NO_RESPONSE = "no_response"  # Produce with acks=0: none is sent
+UNSUPPORTED = "unsupported"  # api key or version not decoded (skipped by length)
+MALFORMED = "malformed"  # bytes that do not decode as the api/version they claim
+
+
+class KafkaPair(NamedTuple):
+    """One request and its response (or the reason there is none)."""
+
+    conn_id: int
+    api_key: int
+    api_version: int
+    correlation_id: int
+    client_id: str | None
+    request: object | None  # a typed message, e.g. ProduceRequest
+    response: object | None
+    request_ts_ns: int  # capture time of the request's first byte
+    response_ts_ns: int | None  # capture time of the response's last byte
+    request_error: str | None
+    response_error: str | None
+    fetch_offsets: dict | None  # Fetch: (topic key, partition) -> offset asked, incl. session state
+
+
+class _Pending:
+    __slots__ = ("header", "request", "ts_ns", "error", "fetch_offsets")
+
+    def __init__(self, header: RequestHeader, request, ts_ns: int, error: str | None,
+                 fetch_offsets: dict | None = None) -> None:
+        self.header = header
+        self.request = request
+        self.ts_ns = ts_ns
+        self.error = error
+        self.fetch_offsets = fetch_offsets  # Fetch: the session's offsets as of this request
+
+
+_REQ_PREFIX = struct.Struct(">ihhih")  # size, api_key, api_version, correlation_id, client id length
+_RESP_PREFIX = struct.Struct(">ii")  # size, correlation_id
+_h = struct.Struct(">h").pack
+_i = struct.Struct(">i").pack
+_new = tuple.__new__  # NamedTuple construction without its Python-level __new__ (hot path)
+
+
+class _RequestValidator:
+    """Decides whether bytes after a lost boundary start a request of this connection."""
+
+    window = _REQ_PREFIX.size
+
+    def __init__(self, conn: "KafkaConnection") -> None:
+        self.conn = conn
+
+    def find(self, buf: bytes, start: int) -> int:
+        n = len(buf)
+        client = self.conn.client_id_bytes
+        if client is None:
+            if self.conn.last_correlation_id is None:
+                return start  # nothing known about this connection: test every position
+            needle = b"\xff\xff"  # a null client id
+        else:
+            needle = _h(len(client)) + client
+        tail = max(start, n - 12 - len(needle) + 1)  # first position whose needle may be incomplete
+        # Every request of a connection repeats its client id 12 bytes after the frame start.
+        idx = buf.find(needle, start + 12, tail + 12 + len(needle))
+        return idx - 12 if 0 <= idx - 12 < tail else tail
+
+    def check(self, buf: bytes, p: int) -> int:
+        conn = self.conn
+        if len(buf) - p < self.window:
+            return NEED_MORE
+        size, api_key, version, corr, clen = _REQ_PREFIX.unpack_from(buf, p)
+        if size < 10 or size > MAX_FRAME or api_key not in API_TABLE or not 0 <= version <= MAX_API_VERSION:
+            return REJECT
+        if corr < 0 or clen < -1 or clen > size - 10:
+            return REJECT
+        last = conn.last_correlation_id
+        if last is not None and not last < corr <= last + (1 << 20):
+            return REJECT
+        known_client = conn.client_id_bytes
+        if known_client is not None and clen != len(known_client):
+            return REJECT
+        if len(buf) - p - 4 < size:
+            return NEED_MORE
+        frame = memoryview(buf)[p + 4:p + 4 + size]
+        try:
+            header, pos = read_request_header(frame)
+        except DecodeError:
+            return REJECT
+        if known_client is not None and header.client_id != conn.client_id:
+            return REJECT
+        try:
+            decode_request_body(api_key, version, frame, pos)
+        except UnsupportedApi:
+            # Nothing to check the body against: go on only with a header that matches what we know.
+            if known_client is None and last is None:
+                return REJECT
+        except DecodeError:
+            return REJECT
+        return self._next_agrees(buf, p + 4 + size, corr, clen)
+
+    def _next_agrees(self, buf: bytes, q: int, corr: int, clen: int) -> int:
+        """A validated candidate is confirmed by the header of the frame after it (a later request
+        of the same client); until that header arrives the candidate waits."""
+        if len(buf) - q < self.window:
+            return NEED_MORE
+        size, api_key, version, next_corr, next_clen = _REQ_PREFIX.unpack_from(buf, q)
+        if (10 <= size <= MAX_FRAME and api_key in API_TABLE and 0 <= version <= MAX_API_VERSION
+                and corr < next_corr <= corr + (1 << 20) and next_clen == clen):
+            return ACCEPT
+        return REJECT
+
+
+class _ResponseValidator:
+    """Decides whether bytes after a lost boundary start the response to an outstanding request."""
+
+    window = _RESP_PREFIX.size
+
+    def __init__(self, conn: "KafkaConnection") -> None:
+        self.conn = conn
+
+    def find(self, buf: bytes, start: int) -> int:
+        n = len(buf)
+        best = max(start, n - self.window + 1)
+        for corr in self.conn.pending:
+            idx = buf.find(_i(corr), start + 4, best + 8)
+            if idx >= 0 and idx - 4 < best:
+                best = idx - 4
+        return best
+
+    def check(self, buf: bytes, p: int) -> int:
+        if len(buf) - p < self.window:
+            return NEED_MORE
+        size, corr = _RESP_PREFIX.unpack_from(buf, p)
+        pending = self.conn.pending.get(corr)
+        if pending is None or size < 4 or size > MAX_FRAME:
+            return REJECT
+        if len(buf) - p - 4 < size:
+            return NEED_MORE
+        frame = memoryview(buf)[p + 4:p + 4 + size]
+        h = pending.header
+        try:
+            pos = response_body_position(frame, response_header_version(h.api_key, h.api_version))
+            decode_response_body(h.api_key, h.api_version, frame, pos)
+        except UnsupportedApi:
+            pass  # the correlation id of an outstanding request is all there is to check
+        except DecodeError:
+            return REJECT
+        return self._next_agrees(buf, p + 4 + size, corr)
+
+    def _next_agrees(self, buf: bytes, q: int, corr: int) -> int:
+        """A validated candidate is confirmed by the frame after it: the response to a request sent
+        later (Kafka answers in order). Until that header arrives the candidate waits."""
+        if len(buf) - q < self.window:
+            return NEED_MORE
+        size, next_corr = _RESP_PREFIX.unpack_from(buf, q)
+        if not 4 <= size <= MAX_FRAME:
+            return REJECT
+        later = False
+        for pending_corr in self.conn.pending:
+            if pending_corr == corr:
+                later = True
+            elif later and pending_corr == next_corr:
+                return ACCEPT
+        return REJECT
+
+
+class KafkaConnection:
+    """Decoder state of one TCP connection; the traced process is the client unless role says so."""
+
+    __slots__ = ("conn_id", "role", "requests", "responses", "pending", "seen_versions", "client_id",
+                 "client_id_bytes", "last_correlation_id", "fetch_session", "stats", "_events")
+
+    def __init__(self, conn_id: int, role: Role = Role.CLIENT, stats: Counter | None = None) -> None:
+        self.conn_id = conn_id
+        self.role = role
+        self.requests = FrameSplitter(_RequestValidator(self))
+        self.responses = FrameSplitter(_ResponseValidator(self))
+        self.pending: OrderedDict[int, _Pending] = OrderedDict()
+        self.seen_versions: set[tuple[int, int]] = set()
+        self.client_id: str | None = None
+        self.client_id_bytes: bytes | None = None
+        self.last_correlation_id: int | None = None
+        self.fetch_session = fetch.FetchSession()
+        self.stats = stats if stats is not None else Counter()
+        self._events: deque[KafkaPair] = deque()
+
+    def _splitter(self, direction: Direction) -> tuple[FrameSplitter, bool]:
+        sends_requests = self.role != Role.SERVER
+        is_request = (direction == Direction.SEND) == sends_requests
+        return (self.requests if is_request else self.responses), is_request
+
+    def feed_data(self, direction: Direction, offset: int, data, ts_ns: int) -> None:
+        splitter, is_request = self._splitter(direction)
+        splitter.feed_data(offset, data, ts_ns)
+        self._pull(splitter, is_request)
+
+    def feed_gap(self, direction: Direction, offset: int, length: int, ts_ns: int) -> None:
+        splitter, is_request = self._splitter(direction)
+        splitter.feed_gap(offset, length, ts_ns)
+        self.stats["gap_bytes"] += length
+        if is_request:
+            self.fetch_session.invalidate()  # a lost incremental request would leave stale offsets
+        self._pull(splitter, is_request)
+
+    def close(self, ts_ns: int) -> None:
+        """The connection ended: outstanding requests will get no response."""
+        for pending in self.pending.values():
+            self._emit_unanswered(pending, LOST)
+        self.pending.clear()
+        self.stats.update(self.splitter_counters())
+        self.requests = FrameSplitter(_RequestValidator(self))  # counters are now in stats
+        self.responses = FrameSplitter(_ResponseValidator(self))
+
+    def splitter_counters(self) -> Counter:
+        counters = Counter()
+        for prefix, splitter in (("request", self.requests), ("response", self.responses)):
+            for name in ("frames", "lost_frames", "skipped_bytes", "resyncs", "bad_sizes", "overlaps"):
+                value = getattr(splitter, name)
+                if value:
+                    counters[f"{prefix}_{name}"] += value
+        return counters
+
+    def next_event(self):
+        if self._events:
+            return self._events.popleft()
+        return NEED_DATA
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _pull(self, splitter: FrameSplitter, is_request: bool) -> None:
+        out = splitter.events
+        if not out:
+            return
+        on_frame = self._on_request if is_request else self._on_response
+        on_lost = self._on_request_lost if is_request else self._on_response_lost
+        while out:
+            event = out.popleft()
+            if type(event) is Frame:
+                on_frame(event)
+            else:
+                on_lost(event)
+
+    def _on_request(self, frame: Frame) -> None:
+        stats = self.stats
+        payload = frame.payload
+        try:
+            header, pos = read_request_header(payload)
+        except DecodeError:
+            header = None
+        if header is None or header.api_key not in API_TABLE or not 0 <= header.api_version <= MAX_API_VERSION:
+            stats["malformed_request_headers"] += 1
+            self.requests.lose_sync()  # not a request: the frame boundary was wrong
+            return
+        self._learn(header)
+        request = error = None
+        try:
+            request = decode_request_body(header.api_key, header.api_version, payload, pos)
+        except UnsupportedApi:
+            stats[f"unsupported_api_{header.api_key}_v{header.api_version}"] += 1
+            error = UNSUPPORTED
+        except DecodeError:
+            stats[f"malformed_request_api_{header.api_key}"] += 1
+            error = MALFORMED
+        api_key = header.api_key
+        if api_key == PRODUCE and request is not None and request.acks == 0:
+            self._events.append(KafkaPair(self.conn_id, api_key, header.api_version, header.correlation_id,
+                                          header.client_id, request, None, frame.first_ts_ns, None, None,
+                                          NO_RESPONSE, None))
+            return
+        fetch_offsets = None
+        if api_key == FETCH and request is not None:
+            fetch_offsets = self.fetch_session.on_request(request)
+        self._add_pending(header, request, frame.first_ts_ns, error, fetch_offsets)
+
+    def _on_request_lost(self, lost) -> None:
+        self.stats["truncated_requests"] += 1
+        try:
+            header, _ = read_request_header(lost.head)
+        except DecodeError:
+            return
+        if header.api_key not in API_TABLE or not 0 <= header.api_version <= MAX_API_VERSION:
+            return
+        self._learn(header)
+        self._add_pending(header, None, lost.first_ts_ns, TRUNCATED)
+
+    def _learn(self, header: RequestHeader) -> None:
+        self.seen_versions.add((header.api_key, header.api_version))
+        self.last_correlation_id = header.correlation_id
+        if header.client_id != self.client_id or self.client_id_bytes is None:
+            self.client_id = header.client_id
+            self.client_id_bytes = None if header.client_id is None else header.client_id.encode()
+
+    def _add_pending(self, header: RequestHeader, request, ts_ns: int, error: str | None,
+                     fetch_offsets: dict | None = None) -> None:
+        pending = self.pending
+        if header.correlation_id in pending:  # a reused id: the older one will never be answered
+            self._emit_unanswered(pending.pop(header.correlation_id), LOST)
+        pending[header.correlation_id] = _Pending(header, request, ts_ns, error, fetch_offsets)
+        if len(pending) > MAX_PENDING:
+            _, oldest = pending.popitem(last=False)
+            self.stats["pending_overflow"] += 1
+            self._emit_unanswered(oldest, LOST)
+
+    def _match(self, correlation_id: int) -> _Pending | None:
+        """The pending request with this id; earlier ones lost their responses (Kafka answers in order)."""
+        pending = self.pending
+        if correlation_id not in pending:
+            self.stats["unmatched_responses"] += 1
+            return None
+        while True:
+            corr, entry = pending.popitem(last=False)
+            if corr == correlation_id:
+                return entry
+            self.stats["lost_responses"] += 1
+            self._emit_unanswered(entry, LOST)
+
+    def _on_response(self, frame: Frame) -> None:
+        stats = self.stats
+        payload = frame.payload
+        if len(payload) < 4:
+            stats["malformed_response_headers"] += 1
+            return
+        entry = self._match(read_response_correlation_id(payload))
+        if entry is None:
+            return
+        h = entry.header
+        response = error = None
+        try:
+            pos = response_body_position(payload, response_header_version(h.api_key, h.api_version))
+            response = decode_response_body(h.api_key, h.api_version, payload, pos)
+        except UnsupportedApi:
+            error = UNSUPPORTED
+        except DecodeError:
+            stats[f"malformed_response_api_{h.api_key}"] += 1
+            error = MALFORMED
+        fetch_offsets = entry.fetch_offsets
+        if fetch_offsets is not None and response is not None:
+            self.fetch_session.on_response(entry.request, response)
+        self._events.append(_new(KafkaPair, (self.conn_id, h.api_key, h.api_version, h.correlation_id,
+                                             h.client_id, entry.request, response, entry.ts_ns, frame.last_ts_ns,
+                                             entry.error, error, fetch_offsets)))
+
+    def _on_response_lost(self, lost) -> None:
+        self.stats["truncated_responses"] += 1
+        if len(lost.head) < 4:
+            return
+        entry = self._match(struct.unpack_from(">i", lost.head)[0])
+        if entry is None:
+            return
+        h = entry.header
+        self._events.append(KafkaPair(self.conn_id, h.api_key, h.api_version, h.correlation_id, h.client_id,
+                                      entry.request, None, entry.ts_ns, lost.last_ts_ns, entry.error, TRUNCATED,
+                                      None))
+
+    def _emit_unanswered(self, entry: _Pending, reason: str) -> None:
+        h = entry.header
+        self._events.append(KafkaPair(self.conn_id, h.api_key, h.api_version, h.correlation_id, h.client_id,
+                                      entry.request, None, entry.ts_ns, None, entry.error, reason, None))
+
+
+class KafkaStreamDecoder:
+    """All connections of a capture: stream events in, `KafkaPair` events out."""
+
+    def __init__(self) -> None:
+        self.connections: dict[int, KafkaConnection] = {}
+        self.opened: dict[int, ConnectionOpened] = {}
+        self.stats: Counter = Counter()
+
+    def feed(self, event: StreamEvent) -> list[KafkaPair]:
+        kind = type(event)
+        if kind is StreamData:
+            conn = self._conn(event.conn_id)
+            conn.feed_data(event.direction, event.offset, event.data, event.ts_ns)
+        elif kind is StreamGap:
+            conn = self._conn(event.conn_id)
+            conn.feed_gap(event.direction, event.offset, event.length, event.ts_ns)
+        elif kind is ConnectionOpened:
+            self.opened[event.conn_id] = event
+            old = self.connections.pop(event.conn_id, None)
+            out = self._drain(old, event.ts_ns) if old is not None else []
+            self.connections[event.conn_id] = KafkaConnection(
+                event.conn_id, Role.SERVER if event.role == Role.SERVER else Role.CLIENT, self.stats)
+            return out
+        elif kind is ConnectionClosed:
+            conn = self.connections.pop(event.conn_id, None)
+            return self._drain(conn, event.ts_ns) if conn is not None else []
+        else:
+            return []
+        events = []
+        while (ev := conn.next_event()) is not NEED_DATA:
+            events.append(ev)
+        return events
+
+    def summary(self) -> Counter:
+        """All counters: those of closed connections plus the splitters of open ones."""
+        total = Counter(self.stats)
+        for conn in self.connections.values():
+            total.update(conn.splitter_counters())
+        return total
+
+    def feed_all(self, events: Iterable[StreamEvent]):
+        for event in events:
+            yield from self.feed(event)
+
+    def finish(self, ts_ns: int = 0) -> list[KafkaPair]:
+        """End of input: requests still waiting are reported without responses."""
+        out = []
+        for conn_id in list(self.connections):
+            out.extend(self._drain(self.connections.pop(conn_id), ts_ns))
+        return out
+
+    def _conn(self, conn_id: int) -> KafkaConnection:
+        conn = self.connections.get(conn_id)
+        if conn is None:
+            conn = self.connections[conn_id] = KafkaConnection(conn_id, Role.CLIENT, self.stats)
+        return conn
+
+    @staticmethod
+    def _drain(conn: KafkaConnection, ts_ns: int) -> list[KafkaPair]:
+        conn.close(ts_ns)
+        events = []
+        while (ev := conn.next_event()) is not NEED_DATA:
+            events.append(ev)
+        return events
