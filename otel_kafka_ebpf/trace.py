@@ -189,8 +189,11 @@ def format_text(rec: dict) -> str:
     who = f"{rec['pid']}/{rec['comm']}" if rec["pid"] is not None else "?"
     line = (f"{clock} {who} {rec['client_id'] or '-'} -> {rec['server'] or '?'} "
             f"{rec['api']} v{rec['version']} #{rec['correlation_id']}{latency}")
-    if rec.get("request_error") or rec.get("response_error"):
-        line += f" [{rec.get('request_error') or 'ok'}/{rec.get('response_error') or 'ok'}]"
+    req_err, resp_err = rec.get("request_error"), rec.get("response_error")
+    if req_err == resp_err == "unsupported":
+        line += " (body not decoded)"
+    elif req_err or resp_err:
+        line += f" [request {req_err or 'ok'}, response {resp_err or 'ok'}]"
     parts = []
     for p in rec.get("partitions", ()):
         if "batches" in p:
