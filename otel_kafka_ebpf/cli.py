@@ -7,7 +7,6 @@ unreadable recording) ends as one line on stderr and a non-zero exit, never a tr
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from typing import Sequence

@@ -11,7 +11,7 @@ import ctypes
 import ctypes.util
 import os
 from collections import deque
-from ctypes import CFUNCTYPE, POINTER, c_char_p, c_int, c_long, c_size_t, c_uint, c_uint32, c_void_p
+from ctypes import CFUNCTYPE, POINTER, c_char_p, c_int, c_size_t, c_uint32, c_void_p
 
 _NAMES = ("libbpf.so.1", "libbpf.so.0", "libbpf.so")
 

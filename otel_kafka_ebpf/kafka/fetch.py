@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from .primitives import (
     check_end, read_array_len, read_bytes_view, read_compact_array_len, read_compact_bytes_view,
-    read_compact_int32_array, read_compact_string, read_int32_array, read_string, read_uuid,
+    read_compact_int32_array, read_compact_string, read_int32_array, read_string, read_topic,
     skip_tagged_fields,
 )
 from .records import RecordBatch, read_batches
@@ -119,13 +119,7 @@ def decode_request(buf, pos: int, version: int) -> FetchRequest:
     partitions = []
     n_topics, pos = read_compact_array_len(buf, pos) if flex else read_array_len(buf, pos)
     for _ in range(n_topics):
-        topic = topic_id = None
-        if ids:
-            topic_id, pos = read_uuid(buf, pos)
-        elif flex:
-            topic, pos = read_compact_string(buf, pos)
-        else:
-            topic, pos = read_string(buf, pos)
+        topic, topic_id, pos = read_topic(buf, pos, ids, flex)
         n_parts, pos = read_compact_array_len(buf, pos) if flex else read_array_len(buf, pos)
         for _ in range(n_parts):
             current_leader_epoch = last_fetched_epoch = -1
@@ -156,13 +150,7 @@ def decode_request(buf, pos: int, version: int) -> FetchRequest:
     if version >= 7:
         n_forgotten, pos = read_compact_array_len(buf, pos) if flex else read_array_len(buf, pos)
         for _ in range(n_forgotten):
-            topic = topic_id = None
-            if ids:
-                topic_id, pos = read_uuid(buf, pos)
-            elif flex:
-                topic, pos = read_compact_string(buf, pos)
-            else:
-                topic, pos = read_string(buf, pos)
+            topic, topic_id, pos = read_topic(buf, pos, ids, flex)
             if flex:
                 parts, pos = read_compact_int32_array(buf, pos)
                 pos = skip_tagged_fields(buf, pos)
@@ -192,13 +180,7 @@ def decode_response(buf, pos: int, version: int) -> FetchResponse:
     partitions = []
     n_topics, pos = read_compact_array_len(buf, pos) if flex else read_array_len(buf, pos)
     for _ in range(n_topics):
-        topic = topic_id = None
-        if ids:
-            topic_id, pos = read_uuid(buf, pos)
-        elif flex:
-            topic, pos = read_compact_string(buf, pos)
-        else:
-            topic, pos = read_string(buf, pos)
+        topic, topic_id, pos = read_topic(buf, pos, ids, flex)
         n_parts, pos = read_compact_array_len(buf, pos) if flex else read_array_len(buf, pos)
         for _ in range(n_parts):
             partition, p_error, high_watermark, last_stable_offset = _ihqq(buf, pos)

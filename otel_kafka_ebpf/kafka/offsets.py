@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from .primitives import (
     check_end, read_array_len, read_compact_array_len, read_compact_int32_array, read_compact_string,
-    read_int32_array, read_string, read_uuid, skip_tagged_fields,
+    read_int32_array, read_string, read_topic, skip_tagged_fields,
 )
 
 LIST_OFFSETS_VERSIONS = (1, 11)
@@ -150,11 +150,7 @@ def decode_offset_commit_request(buf, pos: int, version: int) -> OffsetCommitReq
     parts = []
     n, pos = rd_len(buf, pos)
     for _ in range(n):
-        topic = topic_id = None
-        if ids:
-            topic_id, pos = read_uuid(buf, pos)
-        else:
-            topic, pos = rd_str(buf, pos)
+        topic, topic_id, pos = read_topic(buf, pos, ids, flex)
         m, pos = rd_len(buf, pos)
         for _ in range(m):
             epoch = -1
@@ -184,11 +180,7 @@ def decode_offset_commit_response(buf, pos: int, version: int) -> OffsetCommitRe
     parts = []
     n, pos = rd_len(buf, pos)
     for _ in range(n):
-        topic = topic_id = None
-        if ids:
-            topic_id, pos = read_uuid(buf, pos)
-        else:
-            topic, pos = rd_str(buf, pos)
+        topic, topic_id, pos = read_topic(buf, pos, ids, flex)
         m, pos = rd_len(buf, pos)
         for _ in range(m):
             index, error = _ih(buf, pos)
@@ -250,11 +242,7 @@ def decode_offset_fetch_request(buf, pos: int, version: int) -> OffsetFetchReque
             if n >= 0:
                 parts = []
                 for _ in range(n):
-                    topic = topic_id = None
-                    if ids:
-                        topic_id, pos = read_uuid(buf, pos)
-                    else:
-                        topic, pos = rd_str(buf, pos)
+                    topic, topic_id, pos = read_topic(buf, pos, ids, flex)
                     indexes, pos = rd_ints(buf, pos)
                     pos = _tags(buf, pos, flex)
                     parts.extend(TopicPartitionOffset(topic, topic_id, i, -1, -1, -1, 0, None)
@@ -273,11 +261,7 @@ def decode_offset_fetch_request(buf, pos: int, version: int) -> OffsetFetchReque
 def _offset_fetch_partitions(buf, pos, version, flex, ids, rd_str, rd_len, parts):
     n, pos = rd_len(buf, pos)
     for _ in range(n):
-        topic = topic_id = None
-        if ids:
-            topic_id, pos = read_uuid(buf, pos)
-        else:
-            topic, pos = rd_str(buf, pos)
+        topic, topic_id, pos = read_topic(buf, pos, ids, flex)
         m, pos = rd_len(buf, pos)
         for _ in range(m):
             epoch = -1

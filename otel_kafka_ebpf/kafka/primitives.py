@@ -221,3 +221,12 @@ def check_end(buf, pos: int) -> None:
     """A message must fill its frame exactly: the strongest cheap check that the version was right."""
     if pos != len(buf):
         raise DecodeError(f"message ends at {pos}, frame at {len(buf)}")
+
+
+def read_topic(buf, pos: int, ids: bool, flex: bool) -> tuple[str | None, bytes | None, int]:
+    """A topic reference: its id in versions that carry topic ids, else its name."""
+    if ids:
+        topic_id, pos = read_uuid(buf, pos)
+        return None, topic_id, pos
+    topic, pos = read_compact_string(buf, pos) if flex else read_string(buf, pos)
+    return topic, None, pos

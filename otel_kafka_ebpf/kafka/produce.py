@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from .primitives import (
     check_end, read_array_len, read_bytes_view, read_compact_array_len, read_compact_bytes_view,
-    read_compact_string, read_string, read_uuid, skip_tagged_fields,
+    read_compact_string, read_string, read_topic, skip_tagged_fields,
 )
 from .records import RecordBatch, read_batches
 
@@ -74,13 +74,7 @@ def decode_request(buf, pos: int, version: int) -> ProduceRequest:
     partitions = []
     n_topics, pos = read_compact_array_len(buf, pos) if flex else read_array_len(buf, pos)
     for _ in range(n_topics):
-        topic = topic_id = None
-        if ids:
-            topic_id, pos = read_uuid(buf, pos)
-        elif flex:
-            topic, pos = read_compact_string(buf, pos)
-        else:
-            topic, pos = read_string(buf, pos)
+        topic, topic_id, pos = read_topic(buf, pos, ids, flex)
         n_parts, pos = read_compact_array_len(buf, pos) if flex else read_array_len(buf, pos)
         for _ in range(n_parts):
             (index,) = _i32(buf, pos)
@@ -106,13 +100,7 @@ def decode_response(buf, pos: int, version: int) -> ProduceResponse:
     partitions = []
     n_topics, pos = read_compact_array_len(buf, pos) if flex else read_array_len(buf, pos)
     for _ in range(n_topics):
-        topic = topic_id = None
-        if ids:
-            topic_id, pos = read_uuid(buf, pos)
-        elif flex:
-            topic, pos = read_compact_string(buf, pos)
-        else:
-            topic, pos = read_string(buf, pos)
+        topic, topic_id, pos = read_topic(buf, pos, ids, flex)
         n_parts, pos = read_compact_array_len(buf, pos) if flex else read_array_len(buf, pos)
         for _ in range(n_parts):
             index, error_code, base_offset = _ihq(buf, pos)
