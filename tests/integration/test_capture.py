@@ -49,7 +49,8 @@ def test_streams_equal_loopback_capture(kafka_broker, topic_factory, tmp_path, c
     assert len(conns) >= 2, f"{client}: captured connections {[(c.opened.local_port, c.opened.remote_port) for c in conns]}"
     compared = 0
     for conn in conns:
-        ref = oracle[(conn.opened.local_port, kafka_broker.port)]
+        ref = oracle.get((conn.opened.local_port, kafka_broker.port))
+        assert ref is not None, f"{client}: tshark has no record of the connection from port {conn.opened.local_port}"
         for direction, expected in ((Direction.SEND, ref.c2s), (Direction.RECV, ref.s2c)):
             got, gaps = conn.stream(direction)
             expected = bytes(expected)

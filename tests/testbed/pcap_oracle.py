@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -47,18 +48,32 @@ class LoopbackCapture:
         self._proc = subprocess.Popen(
             ["tshark", "-i", "lo", "-B", "128", "-s", "0", "-f", f"tcp port {self.port}", "-w", str(self.path), "-q"],
             stdout=subprocess.DEVNULL, stderr=self._stderr)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             self._stderr.seek(0)
             if b"Capturing on" in self._stderr.read():
-                time.sleep(0.3)
-                return self
+                if self._wait_until_capturing(deadline):
+                    return self
+                break
             if self._proc.poll() is not None:
                 break
             time.sleep(0.05)
         self._stop()
         self._stderr.seek(0)
         raise OracleError(f"tshark did not start: {self._stderr.read().decode(errors='replace').strip()}")
+
+    def _wait_until_capturing(self, deadline: float) -> bool:
+        """"Capturing on" comes before packets are really taken: probe the port until the file grows."""
+        start = self.path.stat().st_size if self.path.exists() else 0
+        while time.monotonic() < deadline and self._proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                pass
+            time.sleep(0.2)
+            if self.path.exists() and self.path.stat().st_size > start:
+                return True
+        return False
 
     def _stop(self) -> str:
         if self._proc and self._proc.poll() is None:
