@@ -358,15 +358,26 @@ static __always_inline int peek_bytes(struct active_op *op, __u32 total, struct 
 	return got;
 }
 
+/* Kafka's integers are big-endian */
+static __always_inline __s32 be32(const __u8 *b)
+{
+	return (__s32)(((__u32)b[0] << 24) | ((__u32)b[1] << 16) | ((__u32)b[2] << 8) | b[3]);
+}
+
+static __always_inline __s16 be16(const __u8 *b)
+{
+	return (__s16)(((__u16)b[0] << 8) | b[1]);
+}
+
 static __always_inline bool looks_like_kafka_request(struct peek *p, int n)
 {
 	if (n < 14)
 		return false;
-	__s32 size = (__s32)(((__u32)p->b[0] << 24) | ((__u32)p->b[1] << 16) | ((__u32)p->b[2] << 8) | p->b[3]);
-	__s16 api_key = (__s16)(((__u16)p->b[4] << 8) | p->b[5]);
-	__s16 version = (__s16)(((__u16)p->b[6] << 8) | p->b[7]);
-	__s32 corr = (__s32)(((__u32)p->b[8] << 24) | ((__u32)p->b[9] << 16) | ((__u32)p->b[10] << 8) | p->b[11]);
-	__s16 cid_len = (__s16)(((__u16)p->b[12] << 8) | p->b[13]);
+	__s32 size = be32(&p->b[0]);
+	__s16 api_key = be16(&p->b[4]);
+	__s16 version = be16(&p->b[6]);
+	__s32 corr = be32(&p->b[8]);
+	__s16 cid_len = be16(&p->b[12]);
 	if (size < KAFKA_MIN_REQUEST || size > KAFKA_MAX_FRAME)
 		return false;
 	if (api_key < 0 || api_key > KAFKA_MAX_API_KEY || version < 0 || version > KAFKA_MAX_VERSION)
@@ -546,8 +557,7 @@ static long walk_step(__u32 i, void *ctx)
 		w->pos += take;
 		d->size_have += take;
 		if (d->size_have == 4) {
-			__s32 size = (__s32)(((__u32)d->size_buf[0] << 24) | ((__u32)d->size_buf[1] << 16) |
-					     ((__u32)d->size_buf[2] << 8) | d->size_buf[3]);
+			__s32 size = be32(d->size_buf);
 			d->size_have = 0;
 			if (size <= 0 || size > KAFKA_MAX_FRAME) {
 				/* not a frame: lose sync rather than guess */
@@ -639,17 +649,23 @@ static __always_inline void process_op(struct conn *c, struct active_op *op, __u
 	d->offset = start + total;
 }
 
-static __always_inline __u32 be32_at(struct peek *p, int i)
+/* requests travel from client to server */
+static __always_inline __u8 request_dir(struct conn *c)
 {
-	return ((__u32)p->b[i & 31] << 24) | ((__u32)p->b[(i + 1) & 31] << 16) |
-	       ((__u32)p->b[(i + 2) & 31] << 8) | p->b[(i + 3) & 31];
+	return c->role == OKE_ROLE_SERVER ? OKE_DIR_RECV : OKE_DIR_SEND;
+}
+
+/* Responses come in request order: the answer to the request in `p` is a sync point for them. */
+static __always_inline void arm_response_resync(struct conn *c, struct peek *p)
+{
+	c->resync_corr = be32(&p->b[8]);
+	c->resync_armed = 1;
 }
 
 /* Decide whether an unclassified connection speaks Kafka, from this syscall's first bytes. */
 static __always_inline void classify(struct conn *c, struct active_op *op, __u32 total)
 {
-	/* requests travel from client to server */
-	__u8 req_dir = c->role == OKE_ROLE_SERVER ? OKE_DIR_RECV : OKE_DIR_SEND;
+	__u8 req_dir = request_dir(c);
 	if (c->role == OKE_ROLE_SERVER && !cfg.server_side) {
 		c->verdict = CONN_OTHER;
 		return;
@@ -673,8 +689,7 @@ static __always_inline void classify(struct conn *c, struct active_op *op, __u32
 			 * (matched by its correlation id) is where responses synchronise */
 			c->dir[req_dir].gap_flags = OKE_GAP_UNSYNCED;
 			c->dir[req_dir ^ 1].gap_flags = OKE_GAP_UNSYNCED;
-			c->resync_corr = (__s32)be32_at(&p, 8);
-			c->resync_armed = 1;
+			arm_response_resync(c, &p);
 		}
 		return;
 	}
@@ -687,7 +702,7 @@ static __always_inline void try_resync(struct conn *c, struct active_op *op, __u
 {
 	__u8 dir = op->direction & 1;
 	struct dir_state *d = &c->dir[dir];
-	__u8 req_dir = c->role == OKE_ROLE_SERVER ? OKE_DIR_RECV : OKE_DIR_SEND;
+	__u8 req_dir = request_dir(c);
 	struct peek p = {};
 	int n = peek_bytes(op, total, &p);
 	if (n <= 0)
@@ -696,18 +711,15 @@ static __always_inline void try_resync(struct conn *c, struct active_op *op, __u
 	if (dir == req_dir) {
 		if (looks_like_kafka_request(&p, n)) {
 			found = true;
-			/* responses come in request order: the answer to this one is a sync point */
-			c->resync_corr = (__s32)be32_at(&p, 8);
-			c->resync_armed = 1;
+			arm_response_resync(c, &p);
 		}
 	} else if (c->resync_armed) {
-		if (n >= 8 && (__s32)be32_at(&p, 4) == c->resync_corr) {
-			__s32 size = (__s32)be32_at(&p, 0);
+		if (n >= 8 && be32(&p.b[4]) == c->resync_corr) {
+			__s32 size = be32(&p.b[0]);
 			found = size >= 4 && size <= KAFKA_MAX_FRAME;
-		} else if (c->pending4_valid && n >= 4 && (__s32)be32_at(&p, 0) == c->resync_corr) {
+		} else if (c->pending4_valid && n >= 4 && be32(&p.b[0]) == c->resync_corr) {
 			/* size field came alone in the previous read (the Java client reads it so) */
-			__s32 size = (__s32)(((__u32)c->pending4[0] << 24) | ((__u32)c->pending4[1] << 16) |
-					     ((__u32)c->pending4[2] << 8) | c->pending4[3]);
+			__s32 size = be32(c->pending4);
 			if (size >= 4 && size <= KAFKA_MAX_FRAME) {
 				d->synced = 1;
 				d->frame_left = size;
@@ -760,14 +772,9 @@ static __always_inline void on_enter(int fd, __u64 ptr, __u32 count_arg, __u8 ki
 	bpf_map_update_elem(&active, &pid_tgid, &op, BPF_ANY);
 }
 
-static __always_inline void on_exit(long ret)
+/* A data syscall of a traced socket returned `ret`. */
+static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op op, long ret)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct active_op *opp = bpf_map_lookup_elem(&active, &pid_tgid);
-	if (!opp)
-		return;
-	struct active_op op = *opp;
-	bpf_map_delete_elem(&active, &pid_tgid);
 	if (ret <= 0)
 		return;
 	__u64 ts = bpf_ktime_get_ns();
@@ -841,12 +848,6 @@ static __always_inline void new_conn(int fd, __u8 role)
 	__u64 sk_ptr = (__u64)sk;
 	bpf_map_delete_elem(&conns, &sk_ptr);  /* a new connection on a reused struct sock */
 	conn_for(sk_ptr, ino, role, tgid);
-}
-
-static __always_inline void on_connect_exit(struct active_op *op, long ret)
-{
-	if (ret == 0 || ret == -EINPROGRESS)
-		new_conn(op->fd, OKE_ROLE_CLIENT);
 }
 
 static __always_inline void remember(__u64 pid_tgid, int fd, __u8 kind)
@@ -946,16 +947,17 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	struct active_op *opp = bpf_map_lookup_elem(&active, &pid_tgid);
 	if (!opp)
 		return 0;
-	if (opp->kind == OP_CONNECT || opp->kind == OP_ACCEPT) {
-		struct active_op op = *opp;
-		bpf_map_delete_elem(&active, &pid_tgid);
-		if (op.kind == OP_CONNECT)
-			on_connect_exit(&op, ret);
-		else if (ret >= 0)
+	struct active_op op = *opp;
+	bpf_map_delete_elem(&active, &pid_tgid);
+	if (op.kind == OP_CONNECT) {
+		if (ret == 0 || ret == -EINPROGRESS)
+			new_conn(op.fd, OKE_ROLE_CLIENT);
+	} else if (op.kind == OP_ACCEPT) {
+		if (ret >= 0)
 			new_conn(ret, OKE_ROLE_SERVER);
-		return 0;
+	} else {
+		on_data_exit(pid_tgid, op, ret);
 	}
-	on_exit(ret);
 	return 0;
 }
 

@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Callable
 
+from .events import ExitEvent
 from .loader import CaptureProgram, CaptureSettings
 from .reassembly import StreamAssembler
 from .streams import StreamEvent
@@ -41,7 +42,7 @@ class LiveCapture:
         def on_event(raw) -> None:
             out = self.assembler.feed(raw)
             pending.extend(out)
-            if getattr(raw, "type", None) == 4:  # process exit: release its kernel state too
+            if isinstance(raw, ExitEvent):  # release the process's kernel state too
                 exited.append(raw.pid)
 
         deadline = time.monotonic() + self.duration_s if self.duration_s else None
