@@ -13,14 +13,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from otel_kafka_ebpf.capture.live import LiveCapture  # noqa: E402
-from otel_kafka_ebpf.capture.loader import CaptureSettings  # noqa: E402
+from tests.testbed.agent_capture import BackgroundCapture  # noqa: E402
 
 FRAME_BODY = 16 * 1024  # bytes per request and per response body
 ROUNDS = 20000
@@ -84,33 +82,25 @@ def median_of_3(fn) -> float:
 
 def captured_run(rounds: int, pace: float) -> dict:
     """One client run with the agent attached; what the agent captured of it."""
-    live = LiveCapture(CaptureSettings())
     captured = {"bytes": 0, "events": 0}
-    ready = threading.Event()
-    live.on_ready = ready.set
     port_box: list[int] = []
     bench_conns: set[int] = set()
 
-    def consume():
+    def consume(e) -> None:
         # count only the benchmark client's connection: other traffic on the host is captured too
-        for e in live:
-            if port_box and getattr(e, "remote_port", None) == port_box[0]:
-                bench_conns.add(e.conn_id)
-            data = getattr(e, "data", None)
-            if data is not None and e.conn_id in bench_conns:
-                captured["bytes"] += len(data)
-                captured["events"] += 1
+        if port_box and getattr(e, "remote_port", None) == port_box[0]:
+            bench_conns.add(e.conn_id)
+        data = getattr(e, "data", None)
+        if data is not None and e.conn_id in bench_conns:
+            captured["bytes"] += len(data)
+            captured["events"] += 1
 
-    th = threading.Thread(target=consume, daemon=True)
-    th.start()
-    ready.wait(30)
-    seconds = run_client(rounds, pace, on_port=port_box.append)
-    time.sleep(0.5)
-    live.stop()
-    th.join(30)
+    with BackgroundCapture(on_event=consume) as agent:
+        seconds = run_client(rounds, pace, on_port=port_box.append)
+        time.sleep(0.5)
     wire = (rounds + 1) * (FRAME_BODY + 4)
     return {"seconds": seconds, "bytes": captured["bytes"], "events": captured["events"],
-            "drops": live.counters.get("ringbuf_drops", 0), "loss_free": captured["bytes"] == wire,
+            "drops": agent.counters.get("ringbuf_drops", 0), "loss_free": captured["bytes"] == wire,
             "mb_per_s": captured["bytes"] / seconds / 1e6, "events_per_s": captured["events"] / seconds}
 
 
@@ -125,26 +115,9 @@ def syscall_heavy_seconds() -> float:
 def non_kafka_overhead() -> tuple[float, float]:
     syscall_heavy_seconds()  # warm-up
     off = min(syscall_heavy_seconds() for _ in range(3))
-    with LiveCaptureRunning():
+    with BackgroundCapture(on_event=lambda e: None):
         on = min(syscall_heavy_seconds() for _ in range(3))
     return off, on
-
-
-class LiveCaptureRunning:
-    """The agent attached and draining its ring buffer in a thread, for the duration of a `with`."""
-
-    def __enter__(self):
-        self.live = LiveCapture(CaptureSettings())
-        ready = threading.Event()
-        self.live.on_ready = ready.set
-        self.thread = threading.Thread(target=lambda: [None for _ in self.live], daemon=True)
-        self.thread.start()
-        ready.wait(60)
-        return self
-
-    def __exit__(self, *exc):
-        self.live.stop()
-        self.thread.join(30)
 
 
 def main() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 from otel_kafka_ebpf.capture.live import LiveCapture
 from otel_kafka_ebpf.capture.loader import CaptureSettings
@@ -12,6 +13,7 @@ from otel_kafka_ebpf.capture.streams import (
     ConnectionOpened,
     Direction,
     StreamData,
+    StreamEvent,
     StreamGap,
 )
 
@@ -38,10 +40,13 @@ class CapturedConnection:
 
 
 class BackgroundCapture:
-    def __init__(self, settings: CaptureSettings | None = None):
+    """The agent attached for the duration of a `with`, its events kept in `events` or handed to `on_event`."""
+
+    def __init__(self, settings: CaptureSettings | None = None, on_event: Callable[[StreamEvent], None] | None = None):
         self.live = LiveCapture(settings or CaptureSettings(), on_ready=self._ready)
         self._ready_evt = threading.Event()
         self.events: list = []
+        self._on_event = on_event or self.events.append
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -51,7 +56,7 @@ class BackgroundCapture:
     def _run(self) -> None:
         try:
             for event in self.live:
-                self.events.append(event)
+                self._on_event(event)
         except BaseException as exc:  # surfaced to the test in stop()
             self.error = exc
             self._ready_evt.set()
