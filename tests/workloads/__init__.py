@@ -614,6 +614,20 @@ class TruthWriter:
             self._f.close()
 
 
+def run_modes(args: argparse.Namespace, truth, counts, prepare_topic, produce, consume) -> None:
+    """The contract's --mode for a Python workload: produce, consume, or produce then consume what was produced.
+
+    The topic is created if missing in every mode (a consumer may start before its producer);
+    `prepare_topic` returns each partition's end offset before producing."""
+    start = prepare_topic(args)
+    if args.mode != "consume":
+        produce(args, truth, counts)
+    if args.mode == "both":
+        consume(args, truth, counts, counts["produced"], start)
+    elif args.mode == "consume":
+        consume(args, truth, counts, args.messages, None)
+
+
 def workload_main(client: str, version: str, work) -> int:
     """Run ``work(args, truth) -> (produced, consumed)`` under the contract: start and done
     events, exit codes, one line on stderr on failure."""

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from tests.workloads import (TimedOut, UnsupportedOption, new_traceparent, pace, record_value,
-                             remaining, workload_main)
+                             remaining, run_modes, workload_main)
 
 CLIENT = "confluent"
 VERSION = f"{confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})"
@@ -174,15 +174,7 @@ def consume(args, truth, counts, want: int, start: dict[int, int] | None) -> Non
 def work(args, truth, counts) -> None:
     if args.transactional and args.acks != "all":
         raise UnsupportedOption("--transactional needs --acks all (idempotent producer)")
-    # The topic is created if missing in every mode (a consumer may start before its producer).
-    start = prepare_topic(args)   # each partition's end offset before producing
-    if args.mode != "consume":
-        produce(args, truth, counts)
-    if args.mode != "produce":
-        if args.mode == "both":
-            consume(args, truth, counts, counts["produced"], start)
-        else:
-            consume(args, truth, counts, args.messages, None)
+    run_modes(args, truth, counts, prepare_topic, produce, consume)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaTimeoutError
 
 from tests.workloads import (TimedOut, UnsupportedOption, new_traceparent, pace, record_value,
-                             remaining, workload_main)
+                             remaining, run_modes, workload_main)
 
 CLIENT = "kafkapython"
 VERSION = kafka.__version__
@@ -193,15 +193,7 @@ def work(args, truth, counts) -> None:
     if args.mode != "consume" and not CODEC_AVAILABLE[args.compression]():
         raise UnsupportedOption(f"--compression {args.compression} needs the Python package "
                                 f"{CODEC_PACKAGE[args.compression]}, which is not installed")
-    # The topic is created if missing in every mode (a consumer may start before its producer).
-    start = prepare_topic(args)   # each partition's end offset before producing
-    if args.mode != "consume":
-        produce(args, truth, counts)
-    if args.mode != "produce":
-        if args.mode == "both":
-            consume(args, truth, counts, counts["produced"], start)
-        else:
-            consume(args, truth, counts, args.messages, None)
+    run_modes(args, truth, counts, prepare_topic, produce, consume)
 
 
 if __name__ == "__main__":
