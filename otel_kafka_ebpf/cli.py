@@ -7,9 +7,10 @@ unreadable recording) ends as one line on stderr and a non-zero exit, never a tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from . import __version__
 
@@ -76,6 +77,25 @@ class _UserError(Exception):
     pass
 
 
+@contextlib.contextmanager
+def _stop_on_signals(live) -> Iterator[None]:
+    """Ctrl-C and SIGTERM end a live capture cleanly: they set the capture's stop flag.
+
+    A KeyboardInterrupt would be raised wherever the main thread happens to be, often inside the ring
+    buffer callback that libbpf calls from C, where Python can only print it and drop it. A flag is
+    seen by the poll loop within one poll interval, and everything already captured is still drained.
+    """
+    def stop(_signum, _frame) -> None:
+        live.stop()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _report_counters(live, out=sys.stderr) -> None:
     c = live.counters
     s = live.assembler.stats
@@ -83,7 +103,9 @@ def _report_counters(live, out=sys.stderr) -> None:
         return
     print(f"otel-kafka-ebpf: captured {c.get('bytes', 0)} bytes in {c.get('events', 0)} events on "
           f"{c.get('conn_kafka', 0)} Kafka connections; lost {c.get('ringbuf_drops', 0)} events to a full ring "
-          f"buffer; {s.gaps} gaps ({s.gap_bytes} bytes not captured)", file=out)
+          f"buffer; {s.gaps} gaps ({s.gap_bytes} bytes not captured)"
+          + (f"; {c['undecoded_at_stop']} events queued at stop not decoded" if c.get("undecoded_at_stop") else ""),
+          file=out)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -101,12 +123,9 @@ def cmd_record(args: argparse.Namespace) -> int:
         writer = RecordingWriter(args.out, source="live")
     except OSError as exc:
         raise _UserError(f"{args.out}: {exc.strerror}") from None
-    with writer:
-        try:
-            for event in live:
-                writer.write(event)
-        except KeyboardInterrupt:
-            pass
+    with writer, _stop_on_signals(live):
+        for event in live:
+            writer.write(event)
     _report_counters(live)
     print(f"otel-kafka-ebpf: wrote {writer.events} stream events to {args.out}", file=sys.stderr)
     return EXIT_OK
@@ -126,9 +145,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     live = _live(args, on_ready=lambda: print("otel-kafka-ebpf: tracing Kafka traffic (Ctrl-C stops)",
                                              file=sys.stderr, flush=True))
     try:
-        return run_trace(iter(live), args, sys.stdout)
-    except KeyboardInterrupt:
-        return EXIT_OK
+        with _stop_on_signals(live):
+            return run_trace(iter(live), args, sys.stdout)
     finally:
         _report_counters(live)
 

@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from typing import Callable
 
 from .events import ExitEvent
-from .loader import CaptureProgram, CaptureSettings
+from .loader import POLL_BATCH, CaptureProgram, CaptureSettings
 from .reassembly import StreamAssembler
 from .streams import StreamEvent
+
+DRAIN_S = 2.0  # at most this long to drain the ring buffer after a stop
 
 
 class LiveCapture:
@@ -50,20 +52,29 @@ class LiveCapture:
             self.program = prog
             if self.on_ready:
                 self.on_ready()
+            stop = self._stop
             try:
-                while not self._stop.is_set():
+                while not stop.is_set():
                     if deadline and time.monotonic() >= deadline:
                         break
                     prog.poll(self.poll_ms)
-                    while pending:
+                    while pending and not stop.is_set():
                         yield pending.popleft()
                     while exited:
                         prog.forget_process(exited.pop())
-                # drain what the kernel already wrote
-                prog.poll(0)
-                while pending:
+                # After a stop, what the kernel already wrote is still decoded, for at most DRAIN_S:
+                # the traffic may not stop, and Ctrl-C must not wait for a slow consumer.
+                drain_until = time.monotonic() + DRAIN_S
+                more = True
+                while time.monotonic() < drain_until:
+                    if not pending:
+                        if not more:
+                            break
+                        more = prog.poll(0) >= POLL_BATCH
+                        continue
                     yield pending.popleft()
             finally:
                 self.counters = prog.counters()
                 self.counters["callback_errors"] = prog.callback_errors
+                self.counters["undecoded_at_stop"] = len(pending)
                 self.program = None

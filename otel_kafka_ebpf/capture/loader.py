@@ -7,6 +7,7 @@ of them in `close()`, which runs on normal exit, on Ctrl-C and on exceptions (co
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
 from dataclasses import dataclass, field
@@ -116,6 +117,10 @@ def listening_ports() -> set[tuple[int, int]]:
     return out
 
 
+POLL_BATCH = 1024  # events handed over per poll() at most
+_BATCH_FULL = -errno.ECANCELED  # what the callback returns to end a batch (libbpf stops and returns it)
+
+
 def _ringbuf_size(n: int) -> int:
     """Ring buffers must be a power-of-two multiple of the page size."""
     page = os.sysconf("SC_PAGE_SIZE")
@@ -132,6 +137,7 @@ class CaptureProgram:
         self._rb = None
         self._cb = SAMPLE_FN(self._sample)  # kept referenced for the ring buffer's lifetime
         self.callback_errors = 0
+        self._batch = 0
         self._maps: dict[str, int] = {}
         self._ncpus = 0
 
@@ -227,13 +233,20 @@ class CaptureProgram:
 
     # -- reading -----------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 100) -> int:
-        """Deliver pending events to on_event; returns how many, or raises on a ring buffer error."""
+        """Deliver up to `POLL_BATCH` pending events to on_event; returns how many.
+
+        libbpf keeps consuming for as long as the kernel keeps producing, so under sustained load a
+        plain ring_buffer__poll never returns; the callback ends the batch by returning _BATCH_FULL.
+        Raises on a ring buffer error.
+        """
+        self._batch = 0
         n = lib().ring_buffer__poll(self._rb, timeout_ms)
-        if n < 0 and n != -4:  # EINTR is a normal wake-up (signal)
+        if n < 0 and n not in (-errno.EINTR, _BATCH_FULL):  # EINTR is a normal wake-up (signal)
             raise LibbpfError("ring_buffer__poll", -n)
-        return max(n, 0)
+        return self._batch
 
     def _sample(self, _ctx, data, size) -> int:
+        self._batch += 1
         try:
             raw = ctypes.string_at(data, size)
             etype = int.from_bytes(raw[:4], "little")
@@ -253,7 +266,7 @@ class CaptureProgram:
             self._on_event(event)
         except Exception:  # never let an exception unwind through libbpf's C frames
             self.callback_errors += 1
-        return 0
+        return _BATCH_FULL if self._batch >= POLL_BATCH else 0
 
     # -- maps --------------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:

@@ -218,9 +218,9 @@ class KafkaConnection:
         is_request = (direction == Direction.SEND) == sends_requests
         return (self.requests if is_request else self.responses), is_request
 
-    def feed_data(self, direction: Direction, offset: int, data, ts_ns: int) -> None:
+    def feed_data(self, direction: Direction, offset: int, data, ts_ns: int, frame_start: bool = False) -> None:
         splitter, is_request = self._splitter(direction)
-        splitter.feed_data(offset, data, ts_ns)
+        splitter.feed_data(offset, data, ts_ns, frame_start)
         self._pull(splitter, is_request)
 
     def feed_gap(self, direction: Direction, offset: int, length: int, ts_ns: int) -> None:
@@ -243,7 +243,8 @@ class KafkaConnection:
     def splitter_counters(self) -> Counter:
         counters = Counter()
         for prefix, splitter in (("request", self.requests), ("response", self.responses)):
-            for name in ("frames", "lost_frames", "skipped_bytes", "resyncs", "bad_sizes", "overlaps"):
+            for name in ("frames", "lost_frames", "skipped_bytes", "resyncs", "bad_sizes", "overlaps",
+                         "dropped_candidates"):
                 value = getattr(splitter, name)
                 if value:
                     counters[f"{prefix}_{name}"] += value
@@ -399,7 +400,7 @@ class KafkaStreamDecoder:
         kind = type(event)
         if kind is StreamData:
             conn = self._conn(event.conn_id)
-            conn.feed_data(event.direction, event.offset, event.data, event.ts_ns)
+            conn.feed_data(event.direction, event.offset, event.data, event.ts_ns, event.frame_start)
         elif kind is StreamGap:
             conn = self._conn(event.conn_id)
             conn.feed_gap(event.direction, event.offset, event.length, event.ts_ns)

@@ -30,6 +30,11 @@ NEED_DATA = _NeedData()
 MIN_FRAME = 4  # a response header is 4 bytes; anything shorter is not a Kafka frame
 MAX_FRAME = 256 << 20  # well beyond any broker's socket.request.max.bytes / fetch.max.bytes default
 _i32 = struct.Struct(">i").unpack_from
+# Hunting for a frame start: a candidate whose frame (and the next header) would end further than
+# MAX_HUNT bytes on is not waited for, and at most MAX_WAITING candidates wait at once, so garbage
+# that looks like frame sizes costs bounded memory and linear time.
+MAX_HUNT = 16 << 20
+MAX_WAITING = 16
 
 ACCEPT, REJECT, NEED_MORE = 1, 0, 2
 _new = tuple.__new__  # NamedTuple construction without its Python-level __new__ (hot path)
@@ -66,9 +71,9 @@ class FrameSplitter:
     __slots__ = ("_chunks", "_avail", "_pos", "_end", "_size", "_skip", "_hunting", "_frame_offset",
                  "_frame_ts", "_candidates", "_scanned", "_hunt_need", "_mirror", "_out", "validator",
                  "max_hunt", "frames", "lost_frames", "skipped_bytes", "gap_bytes", "resyncs", "bad_sizes",
-                 "overlaps")
+                 "overlaps", "dropped_candidates")
 
-    def __init__(self, validator: FrameValidator | None = None, *, max_hunt: int = 64 << 20) -> None:
+    def __init__(self, validator: FrameValidator | None = None, *, max_hunt: int = MAX_HUNT) -> None:
         self._chunks: deque[list] = deque()  # [memoryview, ts_ns], oldest first
         self._avail = 0  # bytes buffered
         self._pos = 0  # stream offset of the first buffered byte
@@ -93,6 +98,7 @@ class FrameSplitter:
         self.resyncs = 0
         self.bad_sizes = 0
         self.overlaps = 0
+        self.dropped_candidates = 0  # hunting: possible frame starts given up undecided
 
     @property
     def events(self) -> deque:
@@ -117,7 +123,9 @@ class FrameSplitter:
         self._hunt_need = 0
         self._drain()
 
-    def feed_data(self, offset: int, data, ts_ns: int) -> None:
+    def feed_data(self, offset: int, data, ts_ns: int, frame_start: bool = False) -> None:
+        """Append captured bytes at `offset`; `frame_start` says the capture knows data[0] begins a
+        frame, which ends a hunt at once (the kernel tracked the boundaries the gap hid from us)."""
         n = len(data)
         if offset != self._end:
             if offset > self._end:  # bytes the capture neither delivered nor reported
@@ -129,9 +137,15 @@ class FrameSplitter:
                     return
                 data = memoryview(data)[cut:]
                 n -= cut
+                frame_start = False
         if n == 0:
             return
         view = memoryview(data)
+        if self._hunting and frame_start:
+            self._discard()
+            self._pos = self._end
+            self._hunting = False
+            self.resyncs += 1
         if self._hunting:
             self._chunks.append([view, ts_ns])
             self._avail += n
@@ -340,8 +354,8 @@ class FrameSplitter:
             verdict = validator.check(blob, p)
             if verdict == ACCEPT and self._resync_at(p):
                 return True
-            if verdict == NEED_MORE and n - p < self.max_hunt:
-                waiting.append((p, max(n + 1, self._candidate_need(blob, p, window))))
+            if verdict == NEED_MORE:
+                self._wait_for(waiting, blob, p, n)
         p = self._scanned
         while p < n:
             p = validator.find(blob, p)
@@ -350,9 +364,13 @@ class FrameSplitter:
             verdict = validator.check(blob, p)
             if verdict == ACCEPT and self._resync_at(p):
                 return True
-            if verdict == NEED_MORE and n - p < self.max_hunt:
-                waiting.append((p, max(n + 1, self._candidate_need(blob, p, window))))
+            if verdict == NEED_MORE:
+                self._wait_for(waiting, blob, p, n)
             p += 1
+        if len(waiting) > MAX_WAITING:  # the candidates that resolve soonest stay; the rest were unlikely
+            waiting.sort(key=lambda c: c[1])
+            self.dropped_candidates += len(waiting) - MAX_WAITING
+            del waiting[MAX_WAITING:]
         p = min(p, n)
         keep = min([p] + [c for c, _ in waiting])  # every position before this one is rejected
         self.skipped_bytes += keep
@@ -364,10 +382,14 @@ class FrameSplitter:
         self._hunt_need = min([self._scanned + window] + [c_need for _, c_need in self._candidates])
         return False
 
-    @staticmethod
-    def _candidate_need(blob: bytes, p: int, window: int) -> int:
-        """Bytes needed to decide a candidate: its whole frame and the next frame's header."""
-        return p + 4 + max(0, _i32(blob, p)[0]) + window
+    def _wait_for(self, waiting: list, blob: bytes, p: int, n: int) -> None:
+        """Keep candidate p until the bytes that decide it (its frame and the next header) arrive,
+        unless that is beyond `max_hunt`: such a candidate could never be decided, only held."""
+        need = p + 4 + max(0, _i32(blob, p)[0]) + self.validator.window
+        if need - p <= self.max_hunt:
+            waiting.append((p, max(n + 1, need)))
+        else:
+            self.dropped_candidates += 1
 
     def _resync_at(self, p: int) -> bool:
         # callers only pass positions with 4 bytes buffered; a size the splitter would refuse is

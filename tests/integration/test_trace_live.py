@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -75,3 +76,50 @@ def test_trace_reports_every_produced_and_consumed_offset(kafka_broker, topic_fa
     # the producer's and consumer's client ids are the ones the client used
     ids = {p["client_id"] for p in pairs if p["api"] in ("Produce", "Fetch")}
     assert gt.producer_client_id in ids and gt.consumer_client_id in ids, ids
+
+
+FLOOD = r"""
+import socket, struct, sys
+listener = socket.create_server(("127.0.0.1", 0))
+print("listening", flush=True)
+sys.stdin.readline()  # connect once the agent is attached
+if __import__("os").fork() == 0:  # the client: Kafka-framed requests as fast as loopback takes them
+    s = socket.create_connection(listener.getsockname())
+    hdr = struct.pack(">hhih", 0, 9, 7, 5) + b"flood"
+    frame = struct.pack(">i", 4096) + hdr + b"x" * (4096 - len(hdr))
+    while True:
+        s.sendall(frame)
+conn, _ = listener.accept()
+print("flowing", flush=True)
+while conn.recv(1 << 20):
+    pass
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGINT, signal.SIGINT, signal.SIGTERM],
+                         ids=["SIGINT-1", "SIGINT-2", "SIGINT-3", "SIGTERM"])
+def test_signal_under_load_ends_trace_cleanly(sig):
+    """A stop signal that lands while the ring buffer callback runs must still end the trace cleanly."""
+    flood = subprocess.Popen([sys.executable, "-c", FLOOD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    trace = None
+    try:
+        assert flood.stdout.readline().strip() == "listening"
+        trace = subprocess.Popen([sys.executable, "-m", "otel_kafka_ebpf.cli", "trace"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert "tracing" in trace.stderr.readline()
+        flood.stdin.write("go\n")
+        flood.stdin.flush()
+        assert flood.stdout.readline().strip() == "flowing"
+        time.sleep(1.5)  # events are flowing through the callback now
+        trace.send_signal(sig)
+        err = trace.communicate(timeout=60)[1]
+    finally:
+        os.killpg(flood.pid, signal.SIGKILL)
+        flood.wait()
+        if trace is not None and trace.poll() is None:
+            trace.kill()
+    assert trace.returncode == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert "captured" in err and "Kafka connections" in err, err  # the summary line still comes
+    print(err)

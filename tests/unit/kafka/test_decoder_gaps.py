@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from otel_kafka_ebpf.capture.streams import Direction, GapReason, Role, StreamData, StreamGap
 from otel_kafka_ebpf.kafka import NEED_DATA, KafkaConnection
-from otel_kafka_ebpf.kafka.frames import ACCEPT, NEED_MORE, REJECT, FrameLost, FrameSplitter
+from otel_kafka_ebpf.kafka.frames import ACCEPT, MAX_WAITING, NEED_MORE, REJECT, FrameLost, FrameSplitter
 from otel_kafka_ebpf.kafka.versions import FETCH, PRODUCE
 from tests.unit.kafka import vectors
 
@@ -287,3 +287,55 @@ def test_garbage_size_hunts_instead_of_waiting_forever():
     s.feed_data(0, b"\x7f\xff\xff\xff" + _frame(b"OK!!") + _frame(b"OK!"), 1)
     events = _drain(s)
     assert [bytes(f.payload) for f in events] == [b"OK!!"] and s.bad_sizes == 2 and not s.in_sync
+
+
+def test_a_frame_start_from_the_capture_ends_a_hunt_at_once():
+    frames = [_frame(b"f" + bytes([i]) * 30) for i in range(3)]
+    s = FrameSplitter()  # no validator: on its own it could never find a boundary again
+    s.feed_data(0, frames[0][:10], 1)
+    s.feed_gap(10, len(frames[0]) - 10 + 2, 2)  # the rest of frame 0 and half of frame 1's size prefix
+    s.feed_data(len(frames[0]) + 2, frames[1][2:], 3)  # no frame start known here: dropped
+    assert not s.in_sync
+    at = len(frames[0]) + len(frames[1])
+    s.feed_data(at, frames[2], 4, frame_start=True)  # the kernel tracked this boundary
+    events = _drain(s)
+    assert type(events[0]) is FrameLost
+    assert [(f.offset, bytes(f.payload)) for f in events[1:]] == [(at, frames[2][4:])]
+    assert s.in_sync and s.resyncs == 1
+
+
+def test_hunting_through_request_lookalikes_holds_bounded_memory():
+    """Frames that look like Produce requests but never validate (here: a v9 header whose tagged
+    fields are garbage) once made every size-like position a waiting candidate, and the hunt kept
+    the whole stream buffered."""
+    conn = KafkaConnection(1, Role.CLIENT)
+    hdr = (0).to_bytes(2, "big") + (9).to_bytes(2, "big") + (7).to_bytes(4, "big") + b"\x00\x05flood"
+    frame = _frame(hdr + b"x" * (4096 - len(hdr)))
+    conn.feed_gap(Direction.SEND, 0, 3, 0)  # start hunting
+    for i in range(40):
+        conn.feed_data(Direction.SEND, 3 + i * len(frame), frame, i)
+    assert conn.requests._avail < 2 * len(frame)
+    assert len(conn.requests._candidates) <= MAX_WAITING
+    assert conn.requests.dropped_candidates > 0
+
+
+class _PatientValidator:
+    """Any size up to the hunt limit is plausible and waits for its whole frame."""
+
+    window = 4
+
+    def find(self, buf, start):
+        return start
+
+    def check(self, buf, p):
+        return NEED_MORE if len(buf) - p < 4 or int.from_bytes(buf[p:p + 4], "big") >= 4 else REJECT
+
+
+def test_at_most_max_waiting_candidates_wait_at_once():
+    s = FrameSplitter(_PatientValidator())
+    s.feed_gap(0, 1, 0)
+    for i in range(50):  # every position announces a frame of 458,759 or 117 MB (beyond the hunt limit)
+        s.feed_data(1 + i * 2000, b"\x00\x07" * 1000, i)
+        assert len(s._candidates) <= MAX_WAITING
+    assert s.dropped_candidates > 50 * 1000
+    assert [need - p for p, need in s._candidates] == [4 + 0x70007 + 4] * MAX_WAITING
