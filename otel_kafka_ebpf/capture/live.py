@@ -13,7 +13,7 @@ from .loader import POLL_BATCH, CaptureProgram, CaptureSettings
 from .reassembly import StreamAssembler
 from .streams import StreamEvent
 
-DRAIN_S = 2.0  # at most this long to drain the ring buffer after a stop
+DRAIN_S = 2.0  # by default, at most this long to drain the ring buffer after a stop
 
 
 class LiveCapture:
@@ -24,11 +24,12 @@ class LiveCapture:
     """
 
     def __init__(self, settings: CaptureSettings, *, duration_s: float | None = None,
-                 on_ready: Callable[[], None] | None = None, poll_ms: int = 100):
+                 on_ready: Callable[[], None] | None = None, poll_ms: int = 100, drain_s: float = DRAIN_S):
         self.settings = settings
         self.duration_s = duration_s
         self.on_ready = on_ready
         self.poll_ms = poll_ms
+        self.drain_s = drain_s
         self._stop = threading.Event()
         self.assembler = StreamAssembler()
         self.program: CaptureProgram | None = None
@@ -62,9 +63,9 @@ class LiveCapture:
                         yield pending.popleft()
                     while exited:
                         prog.forget_process(exited.pop())
-                # After a stop, what the kernel already wrote is still decoded, for at most DRAIN_S:
+                # After a stop, what the kernel already wrote is still decoded, for at most drain_s:
                 # the traffic may not stop, and Ctrl-C must not wait for a slow consumer.
-                drain_until = time.monotonic() + DRAIN_S
+                drain_until = time.monotonic() + self.drain_s
                 more = True
                 while time.monotonic() < drain_until:
                     if not pending:

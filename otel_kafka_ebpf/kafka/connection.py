@@ -8,6 +8,7 @@ from the stream raises out of here; problems are counted in `stats`.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
@@ -71,6 +72,15 @@ _i = struct.Struct(">i").pack
 _new = tuple.__new__  # NamedTuple construction without its Python-level __new__ (hot path)
 
 
+# Where a request of a connection we know nothing about may start: a size below MAX_FRAME, a known
+# api key, a version up to MAX_API_VERSION, a correlation id >= 0, a client id length >= -1. The
+# regular expression only narrows where `check` looks (it accepts every position `check` could).
+_REQUEST_START = re.compile(
+    b"(?=[\\x00-" + re.escape(bytes([MAX_FRAME >> 24])) + b"][\\s\\S]{3}\\x00["
+    + b"".join(re.escape(bytes([k])) for k in sorted(API_TABLE) if k < 256)
+    + b"]\\x00[\\x00-" + re.escape(bytes([MAX_API_VERSION])) + b"][\\x00-\\x7f][\\s\\S]{3}(?:[\\x00-\\x7f]|\\xff\\xff))")
+
+
 class _RequestValidator:
     """Decides whether bytes after a lost boundary start a request of this connection."""
 
@@ -83,8 +93,9 @@ class _RequestValidator:
         n = len(buf)
         client = self.conn.client_id_bytes
         if client is None:
-            if self.conn.last_correlation_id is None:
-                return start  # nothing known about this connection: test every position
+            if self.conn.last_correlation_id is None:  # nothing known about this connection
+                m = _REQUEST_START.search(buf, start)
+                return m.start() if m else max(start, n - self.window + 1)
             needle = b"\xff\xff"  # a null client id
         else:
             needle = _h(len(client)) + client

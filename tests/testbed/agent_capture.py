@@ -43,7 +43,8 @@ class BackgroundCapture:
     """The agent attached for the duration of a `with`, its events kept in `events` or handed to `on_event`."""
 
     def __init__(self, settings: CaptureSettings | None = None, on_event: Callable[[StreamEvent], None] | None = None):
-        self.live = LiveCapture(settings or CaptureSettings(), on_ready=self._ready)
+        # tests compare everything captured with an oracle: drain the ring buffer fully at the end
+        self.live = LiveCapture(settings or CaptureSettings(), on_ready=self._ready, drain_s=20)
         self._ready_evt = threading.Event()
         self.events: list = []
         self._on_event = on_event or self.events.append

@@ -339,3 +339,30 @@ def test_at_most_max_waiting_candidates_wait_at_once():
         assert len(s._candidates) <= MAX_WAITING
     assert s.dropped_candidates > 50 * 1000
     assert [need - p for p, need in s._candidates] == [4 + 0x70007 + 4] * MAX_WAITING
+
+
+def test_hunt_prefilter_keeps_every_real_request_start_and_few_others():
+    """With nothing known about a connection, `find` narrows a hunt to positions that could start a
+    request; every real frame start of the recorded clients' request streams must stay among them."""
+    total = kept = 0
+    for name in vectors.names(lambda n, e: n.endswith(("gzip-3p", "many-12p", "-tx"))):
+        for (_, direction), stream in vectors.streams(name).items():
+            if direction != Direction.SEND:
+                continue
+            starts, pos = set(), 0
+            while pos + 4 <= len(stream):
+                starts.add(pos)
+                pos += 4 + int.from_bytes(stream[pos:pos + 4], "big")
+            validator = KafkaConnection(1, Role.CLIENT).requests.validator
+            found, p = set(), 0
+            while True:
+                p = validator.find(stream, p)
+                if len(stream) - p < validator.window:
+                    break
+                found.add(p)
+                p += 1
+            whole = {s for s in starts if len(stream) - s >= validator.window}
+            assert whole <= found, (name, sorted(whole - found)[:5])
+            total += len(stream)
+            kept += len(found)
+    assert total > 100_000 and kept < total / 10, (kept, total)  # about 5% here; every position before
