@@ -10,7 +10,9 @@ import threading
 import pytest
 
 from otel_kafka_ebpf.capture.loader import CaptureSettings
-from otel_kafka_ebpf.capture.streams import Direction, Role
+from otel_kafka_ebpf.capture.streams import Direction, Role, StreamGap
+from otel_kafka_ebpf.kafka import KafkaStreamDecoder
+from otel_kafka_ebpf.kafka.versions import PRODUCE
 from tests.testbed.agent_capture import BackgroundCapture
 from tests.testbed.pcap_oracle import LoopbackCapture
 from tests.workloads import CLIENTS, run_workload
@@ -159,3 +161,25 @@ def test_tiny_ring_buffer_counts_drops_and_gaps(kafka_broker, topic_factory, tmp
                 total_gap += length
             assert got == bytes(gapped)
     assert total_gap > 0
+    _decoded_after_loss_is_right(capture, gt)
+
+
+def _decoded_after_loss_is_right(capture: BackgroundCapture, gt) -> None:
+    """Every Produce the decoder still pairs despite the gaps holds the records the client acknowledged
+    at those offsets, including Produce requests sent after the first gap."""
+    truth = {(r.partition, r.offset): r.key for r in gt.produced}
+    first_gap_ns = min(e.ts_ns for e in capture.events if isinstance(e, StreamGap) and e.length)
+    checked = after_gap = 0
+    for pair in KafkaStreamDecoder().feed_all(capture.events):
+        if pair.api_key != PRODUCE or pair.response is None or pair.request is None:
+            continue
+        bases = {r.partition: r.base_offset for r in pair.response.partitions}
+        for part in pair.request.partitions:
+            offset = bases[part.partition]
+            for batch in part.batches:
+                for record in batch.records():
+                    assert truth.get((part.partition, offset + record.offset_delta)) == record.key.decode()
+                    checked += 1
+                offset += batch.record_count
+        after_gap += pair.request_ts_ns > first_gap_ns
+    assert checked > 0 and after_gap > 0, (checked, after_gap)
