@@ -30,7 +30,7 @@ MAX_PENDING = 1024  # outstanding requests kept per connection; clients pipeline
 
 # Why a side of a pair has no decoded message
 LOST = "lost"  # its bytes fell in a capture gap
-TRUNCATED = "truncated"  # its frame was cut by a gap after the header
+TRUNCATED = "truncated"  # its frame was cut after the header, by a gap or the end of the stream
 NO_RESPONSE = "no_response"  # Produce with acks=0: none is sent
 UNSUPPORTED = "unsupported"  # api key or version not decoded (skipped by length)
 MALFORMED = "malformed"  # bytes that do not decode as the api/version they claim
@@ -243,7 +243,11 @@ class KafkaConnection:
         self._pull(splitter, is_request)
 
     def close(self, ts_ns: int) -> None:
-        """The connection ended: outstanding requests will get no response."""
+        """The connection ended: frames cut off by the end are reported truncated, and outstanding
+        requests will get no response."""
+        for splitter, is_request in ((self.responses, False), (self.requests, True)):
+            splitter.end()
+            self._pull(splitter, is_request)
         for pending in self.pending.values():
             self._emit_unanswered(pending, LOST)
         self.pending.clear()

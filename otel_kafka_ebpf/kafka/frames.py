@@ -202,11 +202,7 @@ class FrameSplitter:
                 self._hunt_after_gap()
         elif self._size >= 0:
             remaining = self._size - self._avail
-            last_ts = self._chunks[-1][1] if self._chunks else self._frame_ts
-            head = self._take(self._avail)[0] if self._avail else b""
-            self._out.append(FrameLost(self._frame_offset, self._size, bytes(head), self._frame_ts, last_ts))
-            self.lost_frames += 1
-            self._size = -1
+            self._lose_frame()
             if length <= remaining:
                 self._skip = remaining - length
             else:
@@ -215,6 +211,13 @@ class FrameSplitter:
             self._hunt_after_gap()  # the gap holds (part of) a size prefix: the boundary is lost
         self._pos = self._end - self._avail
 
+    def end(self) -> None:
+        """The stream ended: a frame begun but not complete becomes a FrameLost (its size prefix and
+        the bytes that came are known); anything else still buffered is counted as skipped."""
+        if self._size >= 0 and not self._hunting:
+            self._lose_frame()
+        self._discard()
+
     def next_event(self):
         """The next Frame or FrameLost, or NEED_DATA."""
         if self._out:
@@ -222,6 +225,14 @@ class FrameSplitter:
         return NEED_DATA
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _lose_frame(self) -> None:
+        """The frame being assembled will not complete: hand out what came of it as a FrameLost."""
+        last_ts = self._chunks[-1][1] if self._chunks else self._frame_ts
+        head = self._take(self._avail)[0] if self._avail else b""
+        self._out.append(FrameLost(self._frame_offset, self._size, bytes(head), self._frame_ts, last_ts))
+        self.lost_frames += 1
+        self._size = -1
 
     def _hunt_after_gap(self) -> None:
         self._discard()

@@ -44,13 +44,8 @@ def _covered(offset: int, ranges: list[tuple[int, int]]) -> bool:
     return any(lo <= offset <= hi for lo, hi in ranges)
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_trace_reports_every_produced_and_consumed_offset(kafka_broker, topic_factory, tmp_path, client):
-    topic = topic_factory(partitions=3)
-    with TraceCLI() as trace:
-        gt = run_workload(client, kafka_broker.bootstrap, topic, tmp_path / f"{client}.jsonl",
-                          messages=300, partitions=3, size=100, compression="lz4" if client != "java" else "zstd")
-    gt.check_consistent()
+def _assert_every_offset_traced(trace: TraceCLI, gt, client: str) -> list[dict]:
+    """The workload's pairs, having checked that they hold every offset it produced and consumed."""
     pairs = [p for p in trace.pairs() if p.get("pid") == gt.pid]
     assert pairs, f"no pairs for pid {gt.pid}; stderr: {trace.err}"
     for p in pairs:
@@ -73,6 +68,17 @@ def test_trace_reports_every_produced_and_consumed_offset(kafka_broker, topic_fa
                         if not _covered(r.offset, fetched_ranges.get((r.topic, r.partition), []))]
     assert not missing_produced, f"{client}: {len(missing_produced)} produced offsets not traced, e.g. {missing_produced[:5]}"
     assert not missing_consumed, f"{client}: {len(missing_consumed)} consumed offsets not traced, e.g. {missing_consumed[:5]}"
+    return pairs
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_trace_reports_every_produced_and_consumed_offset(kafka_broker, topic_factory, tmp_path, client):
+    topic = topic_factory(partitions=3)
+    with TraceCLI() as trace:
+        gt = run_workload(client, kafka_broker.bootstrap, topic, tmp_path / f"{client}.jsonl",
+                          messages=300, partitions=3, size=100, compression="lz4" if client != "java" else "zstd")
+    gt.check_consistent()
+    pairs = _assert_every_offset_traced(trace, gt, client)
     # the producer's and consumer's client ids are the ones the client used
     ids = {p["client_id"] for p in pairs if p["api"] in ("Produce", "Fetch")}
     assert gt.producer_client_id in ids and gt.consumer_client_id in ids, ids
@@ -123,3 +129,50 @@ def test_signal_under_load_ends_trace_cleanly(sig):
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert "captured" in err and "Kafka connections" in err, err  # the summary line still comes
     print(err)
+
+
+BAD_CLIENT = r"""
+import os, socket, struct, sys, time
+port, client_id, mode = int(sys.argv[1]), sys.argv[2].encode(), sys.argv[3]
+s = socket.create_connection(("127.0.0.1", port))
+# ApiVersions v3: request header v2 (client id, no tags), body: software name and version, no tags
+body = struct.pack(">hhih", 18, 3, 1, len(client_id)) + client_id + b"\x00" + b"\x05bad1" + b"\x021" + b"\x00"
+s.sendall(struct.pack(">i", len(body)) + body)
+size = struct.unpack(">i", s.recv(4, socket.MSG_WAITALL))[0]
+s.recv(size, socket.MSG_WAITALL)
+if mode == "killed":  # announce a 100 kB Produce, send 500 bytes of it, wait to be killed
+    head = struct.pack(">hhih", 0, 9, 2, len(client_id)) + client_id
+    s.sendall(struct.pack(">i", 100_000) + head + b"\x00" * (500 - len(head)))
+    print("sent", flush=True)
+    time.sleep(600)
+else:  # garbage after a good request, then hang up
+    s.sendall(os.urandom(8192))
+    print("sent", flush=True)
+    s.close()
+"""
+
+
+def test_trace_survives_a_client_killed_mid_frame_and_garbage(kafka_broker, topic_factory, tmp_path):
+    """Bad input is normal: a client killed in the middle of a frame and a client that sends garbage after
+    a good request leave the agent running and a real client beside them fully traced."""
+    topic = topic_factory(partitions=3)
+    with TraceCLI() as trace:
+        killed = subprocess.Popen([sys.executable, "-c", BAD_CLIENT, str(kafka_broker.port), "killed-mid-frame",
+                                   "killed"], stdout=subprocess.PIPE, text=True)
+        garbage = subprocess.run([sys.executable, "-c", BAD_CLIENT, str(kafka_broker.port), "garbage-sender",
+                                  "garbage"], capture_output=True, text=True, timeout=60)
+        assert garbage.stdout.strip() == "sent", garbage.stderr
+        assert killed.stdout.readline().strip() == "sent"
+        killed.kill()
+        killed.wait()
+        gt = run_workload("go", kafka_broker.bootstrap, topic, tmp_path / "go.jsonl", messages=300, partitions=3)
+        assert trace.proc.poll() is None, "the agent must keep running"
+    _assert_every_offset_traced(trace, gt, "go")
+    by_client = {}
+    for p in trace.pairs():
+        by_client.setdefault(p["client_id"], []).append(p)
+    assert [p["api"] for p in by_client.get("garbage-sender", [])][:1] == ["ApiVersions"], by_client.keys()
+    # the killed client's ApiVersions was answered; its half-sent Produce is reported cut off, unanswered
+    killed = [(p["api"], p["response_ns"] is not None, p.get("request_error"), p.get("response_error"))
+              for p in by_client.get("killed-mid-frame", [])]
+    assert killed == [("ApiVersions", True, None, None), ("Produce", False, "truncated", "lost")], killed

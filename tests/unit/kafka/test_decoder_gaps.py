@@ -366,3 +366,32 @@ def test_hunt_prefilter_keeps_every_real_request_start_and_few_others():
             total += len(stream)
             kept += len(found)
     assert total > 100_000 and kept < total / 10, (kept, total)  # about 5% here; every position before
+
+
+def test_a_request_cut_off_by_the_end_of_the_stream_is_reported_truncated():
+    def starts(stream: bytes) -> list[int]:
+        out, pos = [], 0
+        while pos < len(stream):
+            out.append(pos)
+            pos += 4 + int.from_bytes(stream[pos:pos + 4], "big")
+        return out
+
+    name = next(n for n in vectors.names(lambda n, e: n.endswith("gzip-3p")))
+    # a producer's connection: its last request is a Produce (api key 0)
+    stream = next(s for (_, d), s in vectors.streams(name).items()
+                  if d == Direction.SEND and s[starts(s)[-1] + 4:starts(s)[-1] + 6] == b"\x00\x00")
+    last = starts(stream)[-1]
+    cut = last + 4 + 40  # its header and the start of its body
+    pairs, _ = _run([StreamData(1, Direction.SEND, 0, 0, stream[:cut])])
+    assert (pairs[-1].api_key, pairs[-1].request_error, pairs[-1].response_error) == (PRODUCE, "truncated", "lost")
+    assert len(pairs) == len(starts(stream))  # every earlier request is still reported (without its response)
+
+
+def test_end_of_stream_with_a_partial_frame_gives_frame_lost():
+    s = FrameSplitter()
+    data = _frame(b"a" * 10) + _frame(b"b" * 50)
+    s.feed_data(0, data[:30], 5)
+    s.end()
+    events = _drain(s)
+    assert bytes(events[0].payload) == b"a" * 10
+    assert type(events[1]) is FrameLost and (events[1].offset, events[1].size, events[1].head) == (14, 50, b"b" * 12)
