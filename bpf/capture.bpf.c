@@ -909,6 +909,17 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 	case OKE_NR_recvmsg:  kind = OP_MSG;  direction = OKE_DIR_RECV; break;
 	case OKE_NR_sendmmsg: kind = OP_MMSG; direction = OKE_DIR_SEND; break;
 	case OKE_NR_recvmmsg: kind = OP_MMSG; direction = OKE_DIR_RECV; break;
+	case OKE_NR_dup2:
+	case OKE_NR_dup3: {
+		/* newfd now names another file: a verdict cached for it no longer holds */
+		int oldfd = PT_REGS_PARM1_CORE_SYSCALL(regs), newfd = PT_REGS_PARM2_CORE_SYSCALL(regs);
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		if (oldfd != newfd && traced(tgid)) {
+			__u64 key = fd_key(tgid, newfd);
+			bpf_map_delete_elem(&fd_verdicts, &key);
+		}
+		return 0;
+	}
 	case OKE_NR_connect:
 	case OKE_NR_accept:
 	case OKE_NR_accept4:

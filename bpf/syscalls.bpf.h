@@ -8,6 +8,8 @@
 #define OKE_NR_read      0
 #define OKE_NR_write     1
 #define OKE_NR_close     3
+#define OKE_NR_dup2      33
+#define OKE_NR_dup3      292
 #define OKE_NR_readv     19
 #define OKE_NR_writev    20
 #define OKE_NR_connect   42
@@ -22,6 +24,7 @@
 #define OKE_SYSCALL_NR(regs) BPF_CORE_READ((regs), orig_ax)
 #elif defined(__TARGET_ARCH_arm64)
 /* asm-generic/unistd.h */
+#define OKE_NR_dup3      24
 #define OKE_NR_close     57
 #define OKE_NR_read      63
 #define OKE_NR_write     64
@@ -36,6 +39,7 @@
 #define OKE_NR_accept4   242
 #define OKE_NR_recvmmsg  243
 #define OKE_NR_sendmmsg  269
+#define OKE_NR_dup2      (-1)  /* none: dup2 is dup3 on arm64 */
 #define OKE_SYSCALL_NR(regs) BPF_CORE_READ((regs), syscallno)
 #else
 #error "unsupported architecture: add its syscall numbers to bpf/syscalls.bpf.h"

@@ -172,3 +172,32 @@ def test_record_command_writes_a_readable_recording(kafka_broker, topic_factory,
     sent = sum(len(e.data) for e in events if isinstance(e, StreamData) and e.conn_id in conns)
     assert sent > 100 * 100  # the produced values crossed the captured connections
     assert not [e for e in events if isinstance(e, StreamGap) and e.conn_id in conns and e.length]
+
+
+DUP2_CLIENT = r"""
+import os, socket, struct, sys
+port, client_id = int(sys.argv[1]), sys.argv[2].encode()
+null = os.open("/dev/null", os.O_RDONLY)
+os.read(null, 1)  # the agent remembers: this fd number is not a socket
+s = socket.create_connection(("127.0.0.1", port))
+os.dup2(s.fileno(), null)  # now it names the broker connection
+dup = socket.socket(fileno=null)
+body = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id  # ApiVersions v0
+dup.sendall(struct.pack(">i", len(body)) + body)
+size = struct.unpack(">i", dup.recv(4, socket.MSG_WAITALL))[0]
+dup.recv(size, socket.MSG_WAITALL)
+"""
+
+
+def test_dup2_onto_a_remembered_fd_number_is_still_captured(kafka_broker):
+    """dup2 makes an fd number the agent judged 'not a socket' name a Kafka connection; the judgement
+    must be forgotten, or the connection's traffic would stay hidden."""
+    client_id = f"dup2-{uuid.uuid4().hex[:8]}"
+    with BackgroundCapture() as capture:
+        proc = subprocess.run([sys.executable, "-c", DUP2_CLIENT, str(kafka_broker.port), client_id],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        time.sleep(0.5)
+    sent = [c.stream(Direction.SEND)[0] for c in capture.connections().values()
+            if c.opened.remote_port == kafka_broker.port]
+    assert any(client_id.encode() in data for data in sent), "the request sent through the dup2'd fd was not captured"
