@@ -33,7 +33,7 @@ const volatile struct oke_config cfg = {};
 
 enum conn_verdict { CONN_UNKNOWN = 0, CONN_KAFKA = 1, CONN_OTHER = 2 };
 enum fd_verdict { FD_NOT_SOCKET = 1, FD_NOT_KAFKA = 2 };
-enum op_kind { OP_BUF = 0, OP_IOV = 1, OP_MSG = 2, OP_MMSG = 3, OP_CONNECT = 4, OP_ACCEPT = 5 };
+enum op_kind { OP_BUF = 0, OP_IOV = 1, OP_MSG = 2, OP_MMSG = 3, OP_CONNECT = 4, OP_ACCEPT = 5, OP_SENDFILE = 6 };
 
 struct dir_state {
 	__u64 offset;        /* stream bytes seen so far */
@@ -59,8 +59,10 @@ struct conn {
 	__s32 resync_corr;   /* correlation id of the request seen when joining mid-stream */
 	__u8  resync_armed;  /* responses may resynchronise on resync_corr */
 	__u8  pending4_valid;
-	__u8  pending4[4];   /* a lone 4-byte read: maybe the size field of the awaited response */
-	__u8  pad1[2];
+	__u8  pending4[4];   /* a lone 4-byte read: maybe the size field of the awaited response, or
+	                      * (lead4) the size field of the first request, read alone */
+	__u8  lead4;         /* classified on a request whose size field came alone: emit pending4 first */
+	__u8  pad1;
 };
 
 struct active_op {
@@ -662,6 +664,54 @@ static __always_inline void arm_response_resync(struct conn *c, struct peek *p)
 	c->resync_armed = 1;
 }
 
+/* The first request's size field, read alone before the connection was classified (a Java broker
+ * reads 4 bytes, then the rest): the stream's first 4 bytes, from kernel memory. */
+static __always_inline void emit_lead4(struct conn *c, __u8 dir, __u64 ts)
+{
+	struct dir_state *d = &c->dir[dir & 1];
+	struct oke_data_event *e = bpf_ringbuf_reserve(&events, offsetof(struct oke_data_event, payload) + 4, 0);
+	if (!e) {
+		d->gap_flags |= OKE_GAP_RINGBUF;
+		count(OKE_CNT_RINGBUF_DROPS, 1);
+		count(OKE_CNT_GAP_BYTES, 4);
+		return;
+	}
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	e->type = OKE_EV_DATA;
+	e->len = 4;
+	e->conn_id = c->conn_id;
+	e->ts_ns = ts;
+	e->offset = d->offset - 4;
+	e->pid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->direction = dir & 1;
+	e->gap_flags = d->gap_flags;
+	e->flags = OKE_DATA_FRAME_START;
+	e->pad1 = 0;
+	__builtin_memcpy(e->payload, c->pending4, 4);
+	bpf_ringbuf_submit(e, 0);
+	d->gap_flags = 0;
+	count(OKE_CNT_EVENTS, 1);
+	count(OKE_CNT_BYTES, 4);
+}
+
+/* A request whose size field came alone in the previous read: judge the size and this read's
+ * first bytes together. */
+static __always_inline bool classify_after_lead4(struct conn *c, struct peek *p, int n, __u8 req_dir)
+{
+	struct peek q = {};
+	__builtin_memcpy(q.b, c->pending4, 4);
+	__builtin_memcpy(&q.b[4], p->b, 12);
+	if (n < 10 || !looks_like_kafka_request(&q, n + 4))
+		return false;
+	struct dir_state *d = &c->dir[req_dir & 1];
+	d->frame_left = be32(c->pending4);  /* this read continues the frame after its size field */
+	d->frame_copied = 4;
+	d->size_have = 0;
+	c->lead4 = 1;
+	return true;
+}
+
 /* Decide whether an unclassified connection speaks Kafka, from this syscall's first bytes. */
 static __always_inline void classify(struct conn *c, struct active_op *op, __u32 total)
 {
@@ -679,6 +729,23 @@ static __always_inline void classify(struct conn *c, struct active_op *op, __u32
 	}
 	struct peek p = {};
 	int n = peek_bytes(op, total, &p);
+	if (c->role != OKE_ROLE_UNKNOWN && c->pending4_valid) {
+		c->verdict = classify_after_lead4(c, &p, n, req_dir) ? CONN_KAFKA : CONN_OTHER;
+		if (c->verdict == CONN_KAFKA) {
+			c->dir[req_dir].synced = 1;
+			c->dir[req_dir ^ 1].synced = 1;
+		}
+		return;
+	}
+	if (c->role != OKE_ROLE_UNKNOWN && n == 4 && total == 4) {
+		/* a size field read alone (a Java broker): decide with the next read */
+		__s32 size = be32(&p.b[0]);
+		if (size >= KAFKA_MIN_REQUEST && size <= KAFKA_MAX_FRAME) {
+			__builtin_memcpy(c->pending4, p.b, 4);
+			c->pending4_valid = 1;
+			return;
+		}
+	}
 	if (n > 0 && looks_like_kafka_request(&p, n)) {
 		c->verdict = CONN_KAFKA;
 		c->dir[req_dir].synced = 1;
@@ -772,6 +839,27 @@ static __always_inline void on_enter(int fd, __u64 ptr, __u32 count_arg, __u8 ki
 	bpf_map_update_elem(&active, &pid_tgid, &op, BPF_ANY);
 }
 
+/* sendfile() moved n bytes from a file straight to the socket: none were in user memory, so they
+ * are a gap of exact length; a broker sends Fetch records so, inside a frame whose size it wrote
+ * first, so frame tracking goes on across them. */
+static __always_inline void skip_sendfile(struct conn *c, __u32 n)
+{
+	struct dir_state *d = &c->dir[OKE_DIR_SEND];
+	d->offset += n;
+	if (c->verdict != CONN_KAFKA || !c->open_sent)
+		return;
+	count(OKE_CNT_GAP_BYTES, n);
+	d->gap_flags |= OKE_GAP_SENDFILE;
+	if (d->synced && d->size_have == 0 && d->frame_left >= n) {
+		d->frame_left -= n;
+		d->frame_copied += n;
+	} else {
+		d->synced = 0;
+		d->frame_left = 0;
+		d->size_have = 0;
+	}
+}
+
 /* A data syscall of a traced socket returned `ret`. */
 static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op op, long ret)
 {
@@ -782,6 +870,10 @@ static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op op, lo
 	struct conn *c = conn_for(op.sk, op.ino, OKE_ROLE_UNKNOWN, tgid);
 	if (!c)
 		return;
+	if (op.kind == OP_SENDFILE) {
+		skip_sendfile(c, ret);
+		return;
+	}
 	if (c->verdict == CONN_UNKNOWN) {
 		classify(c, &op, ret);
 		if (c->verdict == CONN_OTHER) {
@@ -808,6 +900,11 @@ static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op op, lo
 			return;
 		}
 		c->open_sent = 1;
+	}
+	if (c->lead4) {
+		emit_lead4(c, op.direction, ts);
+		c->lead4 = 0;
+		c->pending4_valid = 0;
 	}
 	count(OKE_CNT_SYSCALLS, 1);
 	if (!c->dir[op.direction & 1].synced && op.kind != OP_MMSG)
@@ -909,6 +1006,7 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 	case OKE_NR_recvmsg:  kind = OP_MSG;  direction = OKE_DIR_RECV; break;
 	case OKE_NR_sendmmsg: kind = OP_MMSG; direction = OKE_DIR_SEND; break;
 	case OKE_NR_recvmmsg: kind = OP_MMSG; direction = OKE_DIR_RECV; break;
+	case OKE_NR_sendfile: kind = OP_SENDFILE; direction = OKE_DIR_SEND; break;
 	case OKE_NR_dup2:
 	case OKE_NR_dup3: {
 		/* newfd now names another file: a verdict cached for it no longer holds */
@@ -949,7 +1047,7 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	case OKE_NR_write: case OKE_NR_read: case OKE_NR_sendto: case OKE_NR_recvfrom:
 	case OKE_NR_writev: case OKE_NR_readv: case OKE_NR_sendmsg: case OKE_NR_recvmsg:
 	case OKE_NR_sendmmsg: case OKE_NR_recvmmsg: case OKE_NR_connect: case OKE_NR_accept:
-	case OKE_NR_accept4:
+	case OKE_NR_accept4: case OKE_NR_sendfile:
 		break;
 	default:
 		return 0;

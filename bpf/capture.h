@@ -38,6 +38,7 @@ enum oke_gap_flag {
 	OKE_GAP_USER_COPY = 1 << 3,
 	OKE_GAP_UNSYNCED  = 1 << 4,  /* payload does not start on a known frame boundary */
 	OKE_GAP_LOOP      = 1 << 5,  /* frame walker hit its iteration bound */
+	OKE_GAP_SENDFILE  = 1 << 6,  /* bytes sent from a file by sendfile(): never in user memory */
 };
 
 enum oke_data_flag {

@@ -9,6 +9,7 @@
 #define OKE_NR_write     1
 #define OKE_NR_close     3
 #define OKE_NR_dup2      33
+#define OKE_NR_sendfile  40
 #define OKE_NR_dup3      292
 #define OKE_NR_readv     19
 #define OKE_NR_writev    20
@@ -26,6 +27,7 @@
 /* asm-generic/unistd.h */
 #define OKE_NR_dup3      24
 #define OKE_NR_close     57
+#define OKE_NR_sendfile  71
 #define OKE_NR_read      63
 #define OKE_NR_write     64
 #define OKE_NR_readv     65

@@ -32,6 +32,7 @@ _FLAG_REASONS = (
     (ev.GAP_IOVEC, GapReason.IOVEC_LIMIT),
     (ev.GAP_LOOP, GapReason.IOVEC_LIMIT),
     (ev.GAP_BUDGET, GapReason.BUDGET),
+    (ev.GAP_SENDFILE, GapReason.SENDFILE),
     (ev.GAP_UNSYNCED, GapReason.UNKNOWN_START),
 )
 

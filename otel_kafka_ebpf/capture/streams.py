@@ -31,6 +31,7 @@ class GapReason(enum.IntEnum):
     IOVEC_LIMIT = 3  # more iovecs than the walker follows
     USER_COPY = 4  # bpf_probe_read_user failed (page not resident)
     UNKNOWN_START = 5  # joined a stream mid-way (connection predates the agent)
+    SENDFILE = 6  # sent from a file by sendfile() (a broker's Fetch records): never in user memory
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from otel_kafka_ebpf.capture.loader import CaptureSettings
-from otel_kafka_ebpf.capture.streams import Direction, Role, StreamGap
+from otel_kafka_ebpf.capture.streams import Direction, GapReason, Role, StreamGap
 from otel_kafka_ebpf.kafka import KafkaStreamDecoder
 from otel_kafka_ebpf.kafka.versions import PRODUCE
 from tests.testbed.agent_capture import BackgroundCapture
@@ -183,3 +183,48 @@ def _decoded_after_loss_is_right(capture: BackgroundCapture, gt) -> None:
                 offset += batch.record_count
         after_gap += pair.request_ts_ns > first_gap_ns
     assert checked > 0 and after_gap > 0, (checked, after_gap)
+
+
+def test_server_side_capture_mirrors_the_client_side(kafka_broker, topic_factory, tmp_path):
+    """With server_side on, the broker's end of each client connection is captured too: what the broker
+    received is what the client sent, and what it sent is what the client received, byte for byte, and
+    both ends decode to the same Produce offsets."""
+    topic = topic_factory(partitions=3)
+    with BackgroundCapture(CaptureSettings(server_side=True)) as capture:
+        gt = run_workload("go", kafka_broker.bootstrap, topic, tmp_path / "go.jsonl", messages=200, partitions=3)
+    conns = capture.connections().values()
+    servers = {(c.opened.local_port, c.opened.remote_port): c for c in conns
+               if c.opened.role == Role.SERVER and c.opened.local_port == kafka_broker.port}
+    clients = _client_conns(capture, gt.pid, kafka_broker.port)
+    assert clients and servers
+    sendfile_gaps: list[tuple[int, int]] = []
+    for client in clients:
+        server = servers.get((kafka_broker.port, client.opened.local_port))
+        assert server is not None, f"no broker end for client port {client.opened.local_port}"
+        for c_dir, s_dir in ((Direction.SEND, Direction.RECV), (Direction.RECV, Direction.SEND)):
+            (c_bytes, c_gaps), (s_bytes, s_gaps) = client.stream(c_dir), server.stream(s_dir)
+            assert not c_gaps
+            common = min(len(c_bytes), len(s_bytes))  # one end may have stopped reading first
+            expected = bytearray(c_bytes[:common])
+            for off, length in s_gaps:  # the broker sends Fetch records with sendfile(): exact gaps
+                expected[off:off + length] = b"\0" * (len(expected[off:off + length]))
+            assert common > 0 and s_bytes[:common] == bytes(expected)
+            sendfile_gaps.extend(s_gaps)
+
+    def produced(side_conns) -> set[tuple[int, int]]:
+        ids = {c.opened.conn_id for c in side_conns}
+        out = set()
+        for pair in KafkaStreamDecoder().feed_all(capture.events):
+            if pair.conn_id in ids and pair.api_key == PRODUCE and pair.response is not None:
+                for r in pair.response.partitions:
+                    n = sum(b.record_count for p in pair.request.partitions if p.partition == r.partition
+                            for b in p.batches)
+                    out.update((r.partition, r.base_offset + i) for i in range(n))
+        return out
+
+    expected = {(r.partition, r.offset) for r in gt.produced}
+    assert produced(clients) == expected
+    assert produced(list(servers.values())) == expected
+    server_ids = {c.opened.conn_id for c in servers.values()}
+    reasons = {e.reason for e in capture.events if isinstance(e, StreamGap) and e.conn_id in server_ids and e.length}
+    assert sendfile_gaps and reasons == {GapReason.SENDFILE}, reasons
