@@ -8,8 +8,8 @@ import struct
 from typing import NamedTuple
 
 from .primitives import (
-    DecodeError, check_end, read_array_len, read_bytes_view, read_compact_array_len, read_compact_bytes_view,
-    read_compact_int32_array, read_compact_string, read_string, read_uuid, skip_tagged_fields,
+    DecodeError, check_end, flex_readers, read_compact_array_len, read_compact_int32_array, read_compact_string,
+    read_uuid, skip_tagged_fields, skip_tags,
 )
 
 FIND_COORDINATOR_VERSIONS = (0, 6)
@@ -24,16 +24,6 @@ _h = struct.Struct(">h").unpack_from
 _ih = struct.Struct(">ih").unpack_from
 _hi = struct.Struct(">hi").unpack_from
 _ii = struct.Struct(">ii").unpack_from
-
-
-def _readers(flex: bool):
-    if flex:
-        return read_compact_string, read_compact_array_len, read_compact_bytes_view
-    return read_string, read_array_len, read_bytes_view
-
-
-def _tags(buf, pos: int, flex: bool) -> int:
-    return skip_tagged_fields(buf, pos) if flex else pos
 
 
 def _throttle(buf, pos: int, present: bool) -> tuple[int, int]:
@@ -64,7 +54,7 @@ class FindCoordinatorResponse(NamedTuple):
 
 def decode_find_coordinator_request(buf, pos: int, version: int) -> FindCoordinatorRequest:
     flex = version >= 3
-    rd_str, rd_len, _ = _readers(flex)
+    rd_str, rd_len, _, _ = flex_readers(flex)
     keys = []
     if version <= 3:
         key, pos = rd_str(buf, pos)
@@ -78,14 +68,14 @@ def decode_find_coordinator_request(buf, pos: int, version: int) -> FindCoordina
         for _ in range(n):
             key, pos = rd_str(buf, pos)
             keys.append(key or "")
-    pos = _tags(buf, pos, flex)
+    pos = skip_tags(buf, pos, flex)
     check_end(buf, pos)
     return FindCoordinatorRequest(key_type, keys)
 
 
 def decode_find_coordinator_response(buf, pos: int, version: int) -> FindCoordinatorResponse:
     flex = version >= 3
-    rd_str, rd_len, _ = _readers(flex)
+    rd_str, rd_len, _, _ = flex_readers(flex)
     throttle, pos = _throttle(buf, pos, version >= 1)
     coordinators = []
     if version <= 3:
@@ -106,9 +96,9 @@ def decode_find_coordinator_response(buf, pos: int, version: int) -> FindCoordin
             host, pos = rd_str(buf, pos + 4)
             port, error = _ih(buf, pos)
             _msg, pos = rd_str(buf, pos + 6)
-            pos = _tags(buf, pos, flex)
+            pos = skip_tags(buf, pos, flex)
             coordinators.append(Coordinator(key, node_id, host or "", port, error))
-    pos = _tags(buf, pos, flex)
+    pos = skip_tags(buf, pos, flex)
     check_end(buf, pos)
     return FindCoordinatorResponse(throttle, coordinators)
 
@@ -137,7 +127,7 @@ class JoinGroupResponse(NamedTuple):
 
 def decode_join_group_request(buf, pos: int, version: int) -> JoinGroupRequest:
     flex = version >= 6
-    rd_str, rd_len, rd_bytes = _readers(flex)
+    rd_str, rd_len, rd_bytes, _ = flex_readers(flex)
     group_id, pos = rd_str(buf, pos)
     (session_timeout,) = _i32(buf, pos)
     pos += 4
@@ -155,11 +145,11 @@ def decode_join_group_request(buf, pos: int, version: int) -> JoinGroupRequest:
     for _ in range(n):
         name, pos = rd_str(buf, pos)
         _meta, pos = rd_bytes(buf, pos)
-        pos = _tags(buf, pos, flex)
+        pos = skip_tags(buf, pos, flex)
         protocols.append(name or "")
     if version >= 8:
         _reason, pos = rd_str(buf, pos)
-    pos = _tags(buf, pos, flex)
+    pos = skip_tags(buf, pos, flex)
     check_end(buf, pos)
     return JoinGroupRequest(group_id or "", session_timeout, rebalance_timeout, member_id or "", instance_id,
                             protocol_type or "", protocols)
@@ -167,7 +157,7 @@ def decode_join_group_request(buf, pos: int, version: int) -> JoinGroupRequest:
 
 def decode_join_group_response(buf, pos: int, version: int) -> JoinGroupResponse:
     flex = version >= 6
-    rd_str, rd_len, rd_bytes = _readers(flex)
+    rd_str, rd_len, rd_bytes, _ = flex_readers(flex)
     throttle, pos = _throttle(buf, pos, version >= 2)
     error, generation = _hi(buf, pos)
     pos += 6
@@ -185,9 +175,9 @@ def decode_join_group_response(buf, pos: int, version: int) -> JoinGroupResponse
         if version >= 5:
             _instance, pos = rd_str(buf, pos)
         _meta, pos = rd_bytes(buf, pos)
-        pos = _tags(buf, pos, flex)
+        pos = skip_tags(buf, pos, flex)
         members.append(mid or "")
-    pos = _tags(buf, pos, flex)
+    pos = skip_tags(buf, pos, flex)
     check_end(buf, pos)
     return JoinGroupResponse(throttle, error, generation, protocol_name, leader or "", member_id or "", members)
 
@@ -208,7 +198,7 @@ class SyncGroupResponse(NamedTuple):
 
 def decode_sync_group_request(buf, pos: int, version: int) -> SyncGroupRequest:
     flex = version >= 4
-    rd_str, rd_len, rd_bytes = _readers(flex)
+    rd_str, rd_len, rd_bytes, _ = flex_readers(flex)
     group_id, pos = rd_str(buf, pos)
     (generation,) = _i32(buf, pos)
     member_id, pos = rd_str(buf, pos + 4)
@@ -223,16 +213,16 @@ def decode_sync_group_request(buf, pos: int, version: int) -> SyncGroupRequest:
     for _ in range(n):
         mid, pos = rd_str(buf, pos)
         data, pos = rd_bytes(buf, pos)
-        pos = _tags(buf, pos, flex)
+        pos = skip_tags(buf, pos, flex)
         assignments.append((mid or "", data))
-    pos = _tags(buf, pos, flex)
+    pos = skip_tags(buf, pos, flex)
     check_end(buf, pos)
     return SyncGroupRequest(group_id or "", generation, member_id or "", instance_id, assignments)
 
 
 def decode_sync_group_response(buf, pos: int, version: int) -> SyncGroupResponse:
     flex = version >= 4
-    rd_str, _, rd_bytes = _readers(flex)
+    rd_str, _, rd_bytes, _ = flex_readers(flex)
     throttle, pos = _throttle(buf, pos, version >= 1)
     (error,) = _h(buf, pos)
     pos += 2
@@ -240,7 +230,7 @@ def decode_sync_group_response(buf, pos: int, version: int) -> SyncGroupResponse
         _ptype, pos = rd_str(buf, pos)
         _pname, pos = rd_str(buf, pos)
     assignment, pos = rd_bytes(buf, pos)
-    pos = _tags(buf, pos, flex)
+    pos = skip_tags(buf, pos, flex)
     check_end(buf, pos)
     return SyncGroupResponse(throttle, error, assignment)
 
@@ -262,14 +252,14 @@ class GroupErrorResponse(NamedTuple):
 
 def decode_heartbeat_request(buf, pos: int, version: int) -> HeartbeatRequest:
     flex = version >= 4
-    rd_str, _, _ = _readers(flex)
+    rd_str, _, _, _ = flex_readers(flex)
     group_id, pos = rd_str(buf, pos)
     (generation,) = _i32(buf, pos)
     member_id, pos = rd_str(buf, pos + 4)
     instance_id = None
     if version >= 3:
         instance_id, pos = rd_str(buf, pos)
-    pos = _tags(buf, pos, flex)
+    pos = skip_tags(buf, pos, flex)
     check_end(buf, pos)
     return HeartbeatRequest(group_id or "", generation, member_id or "", instance_id)
 
@@ -278,7 +268,7 @@ def decode_heartbeat_response(buf, pos: int, version: int) -> GroupErrorResponse
     flex = version >= 4
     throttle, pos = _throttle(buf, pos, version >= 1)
     (error,) = _h(buf, pos)
-    pos = _tags(buf, pos + 2, flex)
+    pos = skip_tags(buf, pos + 2, flex)
     check_end(buf, pos)
     return GroupErrorResponse(throttle, error, [])
 
@@ -290,7 +280,7 @@ class LeaveGroupRequest(NamedTuple):
 
 def decode_leave_group_request(buf, pos: int, version: int) -> LeaveGroupRequest:
     flex = version >= 4
-    rd_str, rd_len, _ = _readers(flex)
+    rd_str, rd_len, _, _ = flex_readers(flex)
     group_id, pos = rd_str(buf, pos)
     members = []
     if version <= 2:
@@ -303,16 +293,16 @@ def decode_leave_group_request(buf, pos: int, version: int) -> LeaveGroupRequest
             instance_id, pos = rd_str(buf, pos)
             if version >= 5:
                 _reason, pos = rd_str(buf, pos)
-            pos = _tags(buf, pos, flex)
+            pos = skip_tags(buf, pos, flex)
             members.append((member_id or "", instance_id))
-    pos = _tags(buf, pos, flex)
+    pos = skip_tags(buf, pos, flex)
     check_end(buf, pos)
     return LeaveGroupRequest(group_id or "", members)
 
 
 def decode_leave_group_response(buf, pos: int, version: int) -> GroupErrorResponse:
     flex = version >= 4
-    rd_str, rd_len, _ = _readers(flex)
+    rd_str, rd_len, _, _ = flex_readers(flex)
     throttle, pos = _throttle(buf, pos, version >= 1)
     (error,) = _h(buf, pos)
     pos += 2
@@ -323,9 +313,9 @@ def decode_leave_group_response(buf, pos: int, version: int) -> GroupErrorRespon
             member_id, pos = rd_str(buf, pos)
             _instance, pos = rd_str(buf, pos)
             (m_error,) = _h(buf, pos)
-            pos = _tags(buf, pos + 2, flex)
+            pos = skip_tags(buf, pos + 2, flex)
             members.append((member_id or "", m_error))
-    pos = _tags(buf, pos, flex)
+    pos = skip_tags(buf, pos, flex)
     check_end(buf, pos)
     return GroupErrorResponse(throttle, error, members)
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from .primitives import (
-    check_end, read_array_len, read_compact_array_len, read_compact_int32_array, read_compact_string,
-    read_int32_array, read_string, read_topic, skip_tagged_fields,
-)
+from .primitives import check_end, flex_readers, read_topic, skip_tags
 
 LIST_OFFSETS_VERSIONS = (1, 11)
 OFFSET_COMMIT_VERSIONS = (2, 10)
@@ -26,16 +23,6 @@ _ih = struct.Struct(">ih").unpack_from
 _ihqq = struct.Struct(">ihqq").unpack_from
 _i_q_i = struct.Struct(">iqi").unpack_from
 _q = struct.Struct(">q").unpack_from
-
-
-def _readers(flex: bool):
-    if flex:
-        return read_compact_string, read_compact_array_len, read_compact_int32_array
-    return read_string, read_array_len, read_int32_array
-
-
-def _tags(buf, pos: int, flex: bool) -> int:
-    return skip_tagged_fields(buf, pos) if flex else pos
 
 
 class TopicPartitionOffset(NamedTuple):
@@ -64,7 +51,7 @@ class ListOffsetsResponse(NamedTuple):
 
 def decode_list_offsets_request(buf, pos: int, version: int) -> ListOffsetsRequest:
     flex = version >= 6
-    rd_str, rd_len, _ = _readers(flex)
+    rd_str, rd_len, _, _ = flex_readers(flex)
     isolation = 0
     if version >= 2:
         replica_id, isolation = _ib(buf, pos)
@@ -85,19 +72,19 @@ def decode_list_offsets_request(buf, pos: int, version: int) -> ListOffsetsReque
             else:
                 index, ts = _iq(buf, pos)
                 pos += 12
-            pos = _tags(buf, pos, flex)
+            pos = skip_tags(buf, pos, flex)
             parts.append(TopicPartitionOffset(topic, None, index, -1, ts, epoch, 0, None))
-        pos = _tags(buf, pos, flex)
+        pos = skip_tags(buf, pos, flex)
     if version >= 10:
         pos += 4  # timeout_ms
-    pos = _tags(buf, pos, flex)
+    pos = skip_tags(buf, pos, flex)
     check_end(buf, pos)
     return ListOffsetsRequest(replica_id, isolation, parts)
 
 
 def decode_list_offsets_response(buf, pos: int, version: int) -> ListOffsetsResponse:
     flex = version >= 6
-    rd_str, rd_len, _ = _readers(flex)
+    rd_str, rd_len, _, _ = flex_readers(flex)
     throttle = 0
     if version >= 2:
         (throttle,) = _i32(buf, pos)
@@ -114,10 +101,10 @@ def decode_list_offsets_response(buf, pos: int, version: int) -> ListOffsetsResp
             if version >= 4:
                 (epoch,) = _i32(buf, pos)
                 pos += 4
-            pos = _tags(buf, pos, flex)
+            pos = skip_tags(buf, pos, flex)
             parts.append(TopicPartitionOffset(topic, None, index, offset, ts, epoch, error, None))
-        pos = _tags(buf, pos, flex)
-    pos = _tags(buf, pos, flex)
+        pos = skip_tags(buf, pos, flex)
+    pos = skip_tags(buf, pos, flex)
     check_end(buf, pos)
     return ListOffsetsResponse(throttle, parts)
 
@@ -138,7 +125,7 @@ class OffsetCommitResponse(NamedTuple):
 def decode_offset_commit_request(buf, pos: int, version: int) -> OffsetCommitRequest:
     flex = version >= 8
     ids = version >= 10
-    rd_str, rd_len, _ = _readers(flex)
+    rd_str, rd_len, _, _ = flex_readers(flex)
     group_id, pos = rd_str(buf, pos)
     (generation,) = _i32(buf, pos)
     member_id, pos = rd_str(buf, pos + 4)
@@ -161,10 +148,10 @@ def decode_offset_commit_request(buf, pos: int, version: int) -> OffsetCommitReq
                 index, offset = _iq(buf, pos)
                 pos += 12
             metadata, pos = rd_str(buf, pos)
-            pos = _tags(buf, pos, flex)
+            pos = skip_tags(buf, pos, flex)
             parts.append(TopicPartitionOffset(topic, topic_id, index, offset, -1, epoch, 0, metadata))
-        pos = _tags(buf, pos, flex)
-    pos = _tags(buf, pos, flex)
+        pos = skip_tags(buf, pos, flex)
+    pos = skip_tags(buf, pos, flex)
     check_end(buf, pos)
     return OffsetCommitRequest(group_id or "", generation, member_id, instance_id, parts)
 
@@ -172,7 +159,7 @@ def decode_offset_commit_request(buf, pos: int, version: int) -> OffsetCommitReq
 def decode_offset_commit_response(buf, pos: int, version: int) -> OffsetCommitResponse:
     flex = version >= 8
     ids = version >= 10
-    rd_str, rd_len, _ = _readers(flex)
+    rd_str, rd_len, _, _ = flex_readers(flex)
     throttle = 0
     if version >= 3:
         (throttle,) = _i32(buf, pos)
@@ -184,10 +171,10 @@ def decode_offset_commit_response(buf, pos: int, version: int) -> OffsetCommitRe
         m, pos = rd_len(buf, pos)
         for _ in range(m):
             index, error = _ih(buf, pos)
-            pos = _tags(buf, pos + 6, flex)
+            pos = skip_tags(buf, pos + 6, flex)
             parts.append(TopicPartitionOffset(topic, topic_id, index, -1, -1, -1, error, None))
-        pos = _tags(buf, pos, flex)
-    pos = _tags(buf, pos, flex)
+        pos = skip_tags(buf, pos, flex)
+    pos = skip_tags(buf, pos, flex)
     check_end(buf, pos)
     return OffsetCommitResponse(throttle, parts)
 
@@ -214,7 +201,7 @@ class OffsetFetchResponse(NamedTuple):
 def decode_offset_fetch_request(buf, pos: int, version: int) -> OffsetFetchRequest:
     flex = version >= 6
     ids = version >= 10
-    rd_str, rd_len, rd_ints = _readers(flex)
+    rd_str, rd_len, _, rd_ints = flex_readers(flex)
     groups = []
     if version <= 7:
         group_id, pos = rd_str(buf, pos)
@@ -225,7 +212,7 @@ def decode_offset_fetch_request(buf, pos: int, version: int) -> OffsetFetchReque
             for _ in range(n):
                 topic, pos = rd_str(buf, pos)
                 indexes, pos = rd_ints(buf, pos)
-                pos = _tags(buf, pos, flex)
+                pos = skip_tags(buf, pos, flex)
                 parts.extend(TopicPartitionOffset(topic, None, i, -1, -1, -1, 0, None) for i in indexes or ())
         groups.append(OffsetFetchGroup(group_id or "", None, -1, parts, 0))
     else:
@@ -244,16 +231,16 @@ def decode_offset_fetch_request(buf, pos: int, version: int) -> OffsetFetchReque
                 for _ in range(n):
                     topic, topic_id, pos = read_topic(buf, pos, ids, flex)
                     indexes, pos = rd_ints(buf, pos)
-                    pos = _tags(buf, pos, flex)
+                    pos = skip_tags(buf, pos, flex)
                     parts.extend(TopicPartitionOffset(topic, topic_id, i, -1, -1, -1, 0, None)
                                  for i in indexes or ())
-            pos = _tags(buf, pos, flex)
+            pos = skip_tags(buf, pos, flex)
             groups.append(OffsetFetchGroup(group_id or "", member_id, member_epoch, parts, 0))
     require_stable = False
     if version >= 7:
         require_stable = buf[pos] != 0
         pos += 1
-    pos = _tags(buf, pos, flex)
+    pos = skip_tags(buf, pos, flex)
     check_end(buf, pos)
     return OffsetFetchRequest(groups, require_stable)
 
@@ -273,16 +260,16 @@ def _offset_fetch_partitions(buf, pos, version, flex, ids, rd_str, rd_len, parts
                 pos += 12
             metadata, pos = rd_str(buf, pos)
             (error,) = _h(buf, pos)
-            pos = _tags(buf, pos + 2, flex)
+            pos = skip_tags(buf, pos + 2, flex)
             parts.append(TopicPartitionOffset(topic, topic_id, index, offset, -1, epoch, error, metadata))
-        pos = _tags(buf, pos, flex)
+        pos = skip_tags(buf, pos, flex)
     return pos
 
 
 def decode_offset_fetch_response(buf, pos: int, version: int) -> OffsetFetchResponse:
     flex = version >= 6
     ids = version >= 10
-    rd_str, rd_len, _ = _readers(flex)
+    rd_str, rd_len, _, _ = flex_readers(flex)
     throttle = 0
     if version >= 3:
         (throttle,) = _i32(buf, pos)
@@ -303,8 +290,8 @@ def decode_offset_fetch_response(buf, pos: int, version: int) -> OffsetFetchResp
             parts = []
             pos = _offset_fetch_partitions(buf, pos, version, flex, ids, rd_str, rd_len, parts)
             (g_error,) = _h(buf, pos)
-            pos = _tags(buf, pos + 2, flex)
+            pos = skip_tags(buf, pos + 2, flex)
             groups.append(OffsetFetchGroup(group_id or "", None, -1, parts, g_error))
-    pos = _tags(buf, pos, flex)
+    pos = skip_tags(buf, pos, flex)
     check_end(buf, pos)
     return OffsetFetchResponse(throttle, groups, error)

@@ -15,7 +15,7 @@ __all__ = [
     "DecodeError", "INT8", "INT16", "INT32", "INT64", "UINT32", "read_string", "read_compact_string",
     "read_uvarint", "read_varint", "read_varlong", "skip_tagged_fields", "read_uuid", "uuid_text",
     "read_int32_array", "read_compact_int32_array", "read_bytes_view", "read_compact_bytes_view",
-    "read_array_len", "read_compact_array_len", "check_end", "read_tagged_fields",
+    "read_array_len", "read_compact_array_len", "check_end", "read_tagged_fields", "flex_readers", "skip_tags",
 ]
 
 
@@ -167,6 +167,18 @@ def skip_tagged_fields(buf, pos: int) -> int:
     if pos > len(buf):
         raise DecodeError("tagged field past end of message")
     return pos
+
+
+def skip_tags(buf, pos: int, flex: bool) -> int:
+    """The tagged fields that end a structure in flexible versions; older versions have none."""
+    return skip_tagged_fields(buf, pos) if flex else pos
+
+
+def flex_readers(flex: bool):
+    """(string, array length, bytes view, int32 array) readers of a flexible or an older version."""
+    if flex:
+        return read_compact_string, read_compact_array_len, read_compact_bytes_view, read_compact_int32_array
+    return read_string, read_array_len, read_bytes_view, read_int32_array
 
 
 def read_tagged_fields(buf, pos: int) -> tuple[dict[int, memoryview], int]:
