@@ -111,6 +111,23 @@ def _ack_batches(buf, pos: int) -> tuple[list[AcknowledgementBatch], int]:
     return out, pos
 
 
+def _response_head(buf, pos: int, has_lock_timeout: bool) -> tuple[int, int, str | None, int, int]:
+    """throttle_time_ms, error_code, error_message and (from a version on) acquisition_lock_timeout_ms."""
+    throttle, error = _ih(buf, pos)
+    message, pos = read_compact_string(buf, pos + 6)
+    lock_timeout = -1
+    if has_lock_timeout:
+        (lock_timeout,) = _i32(buf, pos)
+        pos += 4
+    return throttle, error, message, lock_timeout, pos
+
+
+def _current_leader(buf, pos: int) -> tuple[int, int, int]:
+    """A partition's current-leader struct: leader id, leader epoch, and the position after it."""
+    leader_id, leader_epoch = _ii(buf, pos)
+    return leader_id, leader_epoch, skip_tagged_fields(buf, pos + 8)
+
+
 def _skip_node_endpoints(buf, pos: int) -> int:
     n, pos = read_compact_array_len(buf, pos)
     for _ in range(n):
@@ -159,12 +176,7 @@ def decode_share_fetch_request(buf, pos: int, version: int) -> ShareFetchRequest
 
 
 def decode_share_fetch_response(buf, pos: int, version: int) -> ShareFetchResponse:
-    throttle, error = _ih(buf, pos)
-    message, pos = read_compact_string(buf, pos + 6)
-    lock_timeout = -1
-    if version >= 1:
-        (lock_timeout,) = _i32(buf, pos)
-        pos += 4
+    throttle, error, message, lock_timeout, pos = _response_head(buf, pos, version >= 1)
     partitions = []
     n, pos = read_compact_array_len(buf, pos)
     for _ in range(n):
@@ -175,8 +187,7 @@ def decode_share_fetch_response(buf, pos: int, version: int) -> ShareFetchRespon
             _msg, pos = read_compact_string(buf, pos + 6)
             (ack_error,) = struct.unpack_from(">h", buf, pos)
             _msg, pos = read_compact_string(buf, pos + 2)
-            leader_id, leader_epoch = _ii(buf, pos)
-            pos = skip_tagged_fields(buf, pos + 8)  # end of the current-leader struct
+            leader_id, leader_epoch, pos = _current_leader(buf, pos)
             records, pos = read_compact_bytes_view(buf, pos)
             acquired = []
             k, pos = read_compact_array_len(buf, pos)
@@ -217,12 +228,7 @@ def decode_share_acknowledge_request(buf, pos: int, version: int) -> ShareAcknow
 
 
 def decode_share_acknowledge_response(buf, pos: int, version: int) -> ShareAcknowledgeResponse:
-    throttle, error = _ih(buf, pos)
-    message, pos = read_compact_string(buf, pos + 6)
-    lock_timeout = -1
-    if version >= 2:
-        (lock_timeout,) = _i32(buf, pos)
-        pos += 4
+    throttle, error, message, lock_timeout, pos = _response_head(buf, pos, version >= 2)
     partitions = []
     n, pos = read_compact_array_len(buf, pos)
     for _ in range(n):
@@ -231,8 +237,7 @@ def decode_share_acknowledge_response(buf, pos: int, version: int) -> ShareAckno
         for _ in range(m):
             index, p_error = _ih(buf, pos)
             _msg, pos = read_compact_string(buf, pos + 6)
-            leader_id, leader_epoch = _ii(buf, pos)
-            pos = skip_tagged_fields(buf, pos + 8)
+            leader_id, leader_epoch, pos = _current_leader(buf, pos)
             pos = skip_tagged_fields(buf, pos)
             partitions.append(ShareAcknowledgePartition(topic_id, index, p_error, leader_id, leader_epoch))
         pos = skip_tagged_fields(buf, pos)
