@@ -417,6 +417,22 @@ struct walk {
 	__u8  pad[4];
 };
 
+/* Everything of a data event but its length and payload. */
+static __always_inline void data_header(struct oke_data_event *e, struct conn *c, struct dir_state *d, __u8 dir,
+					__u64 ts, __u64 offset, __u32 pid, __u32 tid, __u16 flags)
+{
+	e->type = OKE_EV_DATA;
+	e->conn_id = c->conn_id;
+	e->ts_ns = ts;
+	e->offset = offset;
+	e->pid = pid;
+	e->tid = tid;
+	e->direction = dir;
+	e->gap_flags = d->gap_flags;
+	e->flags = flags;
+	e->pad1 = 0;
+}
+
 static __always_inline void emit_chunk(struct walk *w, __u32 start, __u32 n32, __u16 flags)
 {
 	__u32 zero = 0;
@@ -430,16 +446,7 @@ static __always_inline void emit_chunk(struct walk *w, __u32 start, __u32 n32, _
 	__u64 n = *(volatile __u32 *)&e->len;
 	if (n == 0 || n > OKE_CHUNK_SIZE)
 		return;
-	e->type = OKE_EV_DATA;
-	e->conn_id = w->c->conn_id;
-	e->ts_ns = w->ts;
-	e->offset = w->base_offset + start;
-	e->pid = w->pid;
-	e->tid = w->tid;
-	e->direction = w->direction;
-	e->gap_flags = w->d->gap_flags;
-	e->flags = flags;
-	e->pad1 = 0;
+	data_header(e, w->c, w->d, w->direction, w->ts, w->base_offset + start, w->pid, w->tid, flags);
 	if (bpf_probe_read_user(e->payload, n, (void *)(w->ptr + start))) {
 		w->d->gap_flags |= OKE_GAP_USER_COPY;
 		count(OKE_CNT_GAP_BYTES, n);
@@ -677,17 +684,8 @@ static __always_inline void emit_lead4(struct conn *c, __u8 dir, __u64 ts)
 		return;
 	}
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	e->type = OKE_EV_DATA;
 	e->len = 4;
-	e->conn_id = c->conn_id;
-	e->ts_ns = ts;
-	e->offset = d->offset - 4;
-	e->pid = pid_tgid >> 32;
-	e->tid = (__u32)pid_tgid;
-	e->direction = dir & 1;
-	e->gap_flags = d->gap_flags;
-	e->flags = OKE_DATA_FRAME_START;
-	e->pad1 = 0;
+	data_header(e, c, d, dir & 1, ts, d->offset - 4, pid_tgid >> 32, (__u32)pid_tgid, OKE_DATA_FRAME_START);
 	__builtin_memcpy(e->payload, c->pending4, 4);
 	bpf_ringbuf_submit(e, 0);
 	d->gap_flags = 0;
