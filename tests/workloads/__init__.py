@@ -609,6 +609,14 @@ class TruthWriter:
         with self._lock:
             self._f.write(line + "\n")
 
+    def consumed(self, *, key: bytes | None, headers, **fields: Any) -> None:
+        """A consume event: the record's key as text, and its traceparent header if it has one."""
+        fields["key"] = (key or b"").decode("utf-8", "replace")
+        for name, value in headers or ():
+            if name == "traceparent":
+                fields["traceparent"] = value.decode("utf-8", "replace")
+        self.write("consume", **fields)
+
     def close(self) -> None:
         with self._lock:
             self._f.close()

@@ -150,14 +150,10 @@ def consume(args, truth, counts, want: int, start: dict[int, int] | None) -> Non
                     continue   # older than this run
                 if counts["consumed"] >= want:
                     break
-                ev = dict(client_id=client_id, group=args.group, topic=msg.topic(),
-                          partition=msg.partition(), offset=msg.offset(),
-                          timestamp_ms=msg.timestamp()[1], consume_ns=consume_ns,
-                          key=(msg.key() or b"").decode("utf-8", "replace"))
-                for hk, hv in msg.headers() or ():
-                    if hk == "traceparent":
-                        ev["traceparent"] = hv.decode("utf-8", "replace")
-                truth.write("consume", **ev)
+                truth.consumed(client_id=client_id, group=args.group, topic=msg.topic(),
+                               partition=msg.partition(), offset=msg.offset(),
+                               timestamp_ms=msg.timestamp()[1], consume_ns=consume_ns,
+                               key=msg.key(), headers=msg.headers())
                 counts["consumed"] += 1
             if time.monotonic() >= args.deadline and counts["consumed"] < want:
                 raise TimedOut(f"consumed {counts['consumed']} of {want}")

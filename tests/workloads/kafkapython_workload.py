@@ -167,14 +167,9 @@ def consume(args, truth, counts, want: int, start: dict[int, int] | None) -> Non
                         continue   # older than this run
                     if counts["consumed"] >= want:
                         break
-                    ev = dict(client_id=client_id, group=args.group, topic=r.topic,
-                              partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp,
-                              consume_ns=consume_ns,
-                              key=(r.key or b"").decode("utf-8", "replace"))
-                    for hk, hv in r.headers or ():
-                        if hk == "traceparent":
-                            ev["traceparent"] = hv.decode("utf-8", "replace")
-                    truth.write("consume", **ev)
+                    truth.consumed(client_id=client_id, group=args.group, topic=r.topic,
+                                   partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp,
+                                   consume_ns=consume_ns, key=r.key, headers=r.headers)
                     counts["consumed"] += 1
             if time.monotonic() >= args.deadline and counts["consumed"] < want:
                 raise TimedOut(f"consumed {counts['consumed']} of {want}")
