@@ -51,16 +51,19 @@ class KafkaPair(NamedTuple):
     request_error: str | None
     response_error: str | None
     fetch_offsets: dict | None  # Fetch: (topic key, partition) -> offset asked, incl. session state
+    request_end_ts_ns: int | None = None  # capture time of the request's last byte
+    response_start_ts_ns: int | None = None  # capture time of the response's first byte
 
 
 class _Pending:
-    __slots__ = ("header", "request", "ts_ns", "error", "fetch_offsets")
+    __slots__ = ("header", "request", "ts_ns", "end_ts_ns", "error", "fetch_offsets")
 
-    def __init__(self, header: RequestHeader, request, ts_ns: int, error: str | None,
+    def __init__(self, header: RequestHeader, request, ts_ns: int, end_ts_ns: int | None, error: str | None,
                  fetch_offsets: dict | None = None) -> None:
         self.header = header
         self.request = request
         self.ts_ns = ts_ns
+        self.end_ts_ns = end_ts_ns  # None when the request's end was not captured
         self.error = error
         self.fetch_offsets = fetch_offsets  # Fetch: the session's offsets as of this request
 
@@ -310,12 +313,12 @@ class KafkaConnection:
         if api_key == PRODUCE and request is not None and request.acks == 0:
             self._events.append(KafkaPair(self.conn_id, api_key, header.api_version, header.correlation_id,
                                           header.client_id, request, None, frame.first_ts_ns, None, None,
-                                          NO_RESPONSE, None))
+                                          NO_RESPONSE, None, frame.last_ts_ns, None))
             return
         fetch_offsets = None
         if api_key == FETCH and request is not None:
             fetch_offsets = self.fetch_session.on_request(request)
-        self._add_pending(header, request, frame.first_ts_ns, error, fetch_offsets)
+        self._add_pending(header, request, frame.first_ts_ns, frame.last_ts_ns, error, fetch_offsets)
 
     def _on_request_lost(self, lost) -> None:
         self.stats["truncated_requests"] += 1
@@ -326,7 +329,7 @@ class KafkaConnection:
         if header.api_key not in API_TABLE or not 0 <= header.api_version <= MAX_API_VERSION:
             return
         self._learn(header)
-        self._add_pending(header, None, lost.first_ts_ns, TRUNCATED)
+        self._add_pending(header, None, lost.first_ts_ns, None, TRUNCATED)
 
     def _learn(self, header: RequestHeader) -> None:
         self.seen_versions.add((header.api_key, header.api_version))
@@ -335,12 +338,12 @@ class KafkaConnection:
             self.client_id = header.client_id
             self.client_id_bytes = None if header.client_id is None else header.client_id.encode()
 
-    def _add_pending(self, header: RequestHeader, request, ts_ns: int, error: str | None,
+    def _add_pending(self, header: RequestHeader, request, ts_ns: int, end_ts_ns: int | None, error: str | None,
                      fetch_offsets: dict | None = None) -> None:
         pending = self.pending
         if header.correlation_id in pending:  # a reused id: the older one will never be answered
             self._emit_unanswered(pending.pop(header.correlation_id), LOST)
-        pending[header.correlation_id] = _Pending(header, request, ts_ns, error, fetch_offsets)
+        pending[header.correlation_id] = _Pending(header, request, ts_ns, end_ts_ns, error, fetch_offsets)
         if len(pending) > MAX_PENDING:
             _, oldest = pending.popitem(last=False)
             self.stats["pending_overflow"] += 1
@@ -383,7 +386,8 @@ class KafkaConnection:
             self.fetch_session.on_response(entry.request, response)
         self._events.append(_new(KafkaPair, (self.conn_id, h.api_key, h.api_version, h.correlation_id,
                                              h.client_id, entry.request, response, entry.ts_ns, frame.last_ts_ns,
-                                             entry.error, error, fetch_offsets)))
+                                             entry.error, error, fetch_offsets, entry.end_ts_ns,
+                                             frame.first_ts_ns)))
 
     def _on_response_lost(self, lost) -> None:
         self.stats["truncated_responses"] += 1
@@ -395,12 +399,13 @@ class KafkaConnection:
         h = entry.header
         self._events.append(KafkaPair(self.conn_id, h.api_key, h.api_version, h.correlation_id, h.client_id,
                                       entry.request, None, entry.ts_ns, lost.last_ts_ns, entry.error, TRUNCATED,
-                                      None))
+                                      None, entry.end_ts_ns, lost.first_ts_ns))
 
     def _emit_unanswered(self, entry: _Pending, reason: str) -> None:
         h = entry.header
         self._events.append(KafkaPair(self.conn_id, h.api_key, h.api_version, h.correlation_id, h.client_id,
-                                      entry.request, None, entry.ts_ns, None, entry.error, reason, None))
+                                      entry.request, None, entry.ts_ns, None, entry.error, reason, None,
+                                      entry.end_ts_ns, None))
 
 
 class KafkaStreamDecoder:
