@@ -1,4 +1,4 @@
-"""`otel-kafka-ebpf`: doctor, record, replay, trace.
+"""`otel-kafka-ebpf`: doctor, record, replay, trace, run.
 
 Every failure a user can cause or meet (bad config, missing privilege, missing kernel feature,
 unreadable recording) ends as one line on stderr and a non-zero exit, never a traceback.
@@ -39,17 +39,42 @@ def _add_capture_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--duration", type=float, help="stop after this many seconds")
 
 
-def _capture_settings(args: argparse.Namespace):
-    from .capture.loader import CaptureSettings
+def _add_export_arguments(p: argparse.ArgumentParser, *, replay: bool = False) -> None:
+    g = p.add_argument_group("export (also [exporter] in --config, OTEL_EXPORTER_OTLP_* and OKE_EXPORTER_*)")
+    if replay:
+        g.add_argument("--config", help="TOML config file ([exporter], [spans], [agent] tables)")
+    g.add_argument("--exporter", choices=("otlp", "otlp-http", "file", "console", "none"),
+                   help="otlp = OTLP/gRPC (default), otlp-http, file (OTLP JSON lines), console, none"
+                        + ("; given, the recording's telemetry is exported instead of its pairs printed" if replay
+                           else ""))
+    g.add_argument("--endpoint", help="OTLP endpoint (default localhost:4317, or http://localhost:4318 for HTTP)")
+    g.add_argument("--file-path", help="--exporter file: the file to append to (default standard output)")
+
+
+def _load(args: argparse.Namespace):
+    """The settings: config file, then environment, then the flags this command has."""
     from .config import load_config
 
-    cfg = load_config(args.config, {
-        "pids": args.capture_pids, "cgroup": args.cgroup, "kafka_ports": args.kafka_ports,
-        "ports_only": args.ports_only, "server_side": args.server_side, "frame_budget": args.frame_budget, "ringbuf_mb": args.ringbuf_mb,
-    }).capture
-    return CaptureSettings(frame_budget=cfg.frame_budget, ringbuf_bytes=cfg.ringbuf_mb << 20,
-                           pids=set(cfg.pids), cgroup_path=cfg.cgroup, kafka_ports=tuple(cfg.kafka_ports),
-                           ports_only=cfg.ports_only, server_side=cfg.server_side)
+    flags = {
+        "capture": {"pids": getattr(args, "capture_pids", None), "cgroup": getattr(args, "cgroup", None),
+                    "kafka_ports": getattr(args, "kafka_ports", None), "ports_only": getattr(args, "ports_only", None),
+                    "server_side": getattr(args, "server_side", None),
+                    "frame_budget": getattr(args, "frame_budget", None), "ringbuf_mb": getattr(args, "ringbuf_mb", None)},
+        "exporter": {"type": getattr(args, "exporter", None), "endpoint": getattr(args, "endpoint", None),
+                     "file_path": getattr(args, "file_path", None)},
+        "agent": {"broker_traffic": getattr(args, "broker_traffic", None),
+                  "discover_metadata": False if getattr(args, "no_metadata_lookup", None) else None},
+    }
+    return load_config(getattr(args, "config", None), flags)
+
+
+def _capture_settings(cfg):
+    from .capture.loader import CaptureSettings
+
+    c = cfg.capture
+    return CaptureSettings(frame_budget=c.frame_budget, ringbuf_bytes=c.ringbuf_mb << 20,
+                           pids=set(c.pids), cgroup_path=c.cgroup, kafka_ports=tuple(c.kafka_ports),
+                           ports_only=c.ports_only, server_side=c.server_side)
 
 
 def _preflight() -> str | None:
@@ -63,10 +88,10 @@ def _preflight() -> str | None:
     return None
 
 
-def _live(args: argparse.Namespace, on_ready=None):
+def _live(args: argparse.Namespace, cfg, on_ready=None):
     from .capture.live import LiveCapture
 
-    settings = _capture_settings(args)
+    settings = _capture_settings(cfg)
     problem = _preflight()
     if problem:
         raise _UserError(problem)
@@ -114,17 +139,35 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor(sys.stdout)
 
 
-def cmd_record(args: argparse.Namespace) -> int:
+def _recording_writer(path: str):
     from .capture.recording import RecordingWriter
 
-    live = _live(args, on_ready=lambda: print(f"otel-kafka-ebpf: recording to {args.out} (Ctrl-C stops)",
-                                             file=sys.stderr, flush=True))
     try:
-        writer = RecordingWriter(args.out, source="live")
+        return RecordingWriter(path, source="live")
     except OSError as exc:
-        raise _UserError(f"{args.out}: {exc.strerror}") from None
+        raise _UserError(f"{path}: {exc.strerror}") from None
+
+
+def _with_identities(live, writer):
+    """A recording's events, with each new process's identity noted beside them (replays name the services
+    the live run named)."""
+    from .identity import ProcessDirectory
+    from .pipeline import Pipeline
+
+    pipeline = Pipeline(processes=ProcessDirectory(), on_annotation=writer.write)
+    for event in live:
+        if type(event).__name__ == "ConnectionOpened":
+            pipeline._opened(event)
+        yield event
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    live = _live(args, cfg, on_ready=lambda: print(f"otel-kafka-ebpf: recording to {args.out} (Ctrl-C stops)",
+                                                  file=sys.stderr, flush=True))
+    writer = _recording_writer(args.out)
     with writer, _stop_on_signals(live):
-        for event in live:
+        for event in _with_identities(live, writer):
             writer.write(event)
     _report_counters(live)
     print(f"otel-kafka-ebpf: wrote {writer.events} stream events to {args.out}", file=sys.stderr)
@@ -133,26 +176,82 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from .capture.recording import read_header, read_recording
-    from .trace import run_trace
+    from .identity import ProcessDirectory
+    from .pipeline import run_trace
 
     read_header(args.file)  # a bad file fails here with one line, before any output
-    return run_trace(read_recording(args.file), args, sys.stdout)
+    if args.exporter or getattr(args, "config", None):
+        from .agent import Agent
+
+        cfg = _load(args)
+        if not args.exporter and cfg.exporter.type == "otlp" and not cfg.exporter.endpoint:
+            cfg.exporter.type = "console"
+        agent = Agent(cfg, live=False)
+        try:
+            agent.run(read_recording(args.file))
+        finally:
+            agent.close()
+        print(f"otel-kafka-ebpf: {agent.summary()}", file=sys.stderr)
+        return EXIT_OK
+    return run_trace(read_recording(args.file), args, sys.stdout, processes=ProcessDirectory(read_proc=False),
+                     broker_traffic=bool(args.broker_traffic))
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from .trace import run_trace
+    from .pipeline import run_trace
 
-    live = _live(args, on_ready=lambda: print("otel-kafka-ebpf: tracing Kafka traffic (Ctrl-C stops)",
-                                             file=sys.stderr, flush=True))
+    cfg = _load(args)
+    live = _live(args, cfg, on_ready=lambda: print("otel-kafka-ebpf: tracing Kafka traffic (Ctrl-C stops)",
+                                                  file=sys.stderr, flush=True))
     try:
         with _stop_on_signals(live):
-            return run_trace(iter(live), args, sys.stdout)
+            return run_trace(iter(live), args, sys.stdout, broker_traffic=cfg.agent.broker_traffic)
     finally:
         _report_counters(live)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    from .agent import Agent
+
+    cfg = _load(args)
+    live = _live(args, cfg, on_ready=lambda: print(
+        f"otel-kafka-ebpf: exporting Kafka spans and metrics to {agent.destination} (Ctrl-C stops)",
+        file=sys.stderr, flush=True))
+    writer = _recording_writer(args.record) if args.record else None
+    agent = Agent(cfg, live=True, on_annotation=writer.write if writer else None,
+                  capture_counters=live.current_counters)
+    next_status = [time.monotonic() + args.status_interval] if args.status_interval else None
+
+    def on_poll() -> None:
+        agent.pipeline.tick()
+        if next_status and time.monotonic() >= next_status[0]:
+            next_status[0] += args.status_interval
+            print(f"otel-kafka-ebpf: {agent.summary()}", file=sys.stderr, flush=True)
+
+    live.on_poll = on_poll
+
+    def events():
+        for event in live:
+            if writer is not None:
+                writer.write(event)
+            yield event
+
+    try:
+        with _stop_on_signals(live):
+            agent.run(events())
+    finally:
+        agent.close()
+        if writer is not None:
+            writer.close()
+        _report_counters(live)
+        print(f"otel-kafka-ebpf: {agent.summary()}", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .trace import add_trace_arguments
+    from .sinks.pairs import add_trace_arguments
 
     parser = argparse.ArgumentParser(prog="otel-kafka-ebpf",
                                      description="Kafka client latency and lag from eBPF, over OpenTelemetry.")
@@ -167,15 +266,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_capture_arguments(p)
     p.set_defaults(func=cmd_record)
 
-    p = sub.add_parser("replay", help="decode a recording, as `trace` does live")
+    p = sub.add_parser("replay", help="decode a recording, as `trace` does live (or export it, as `run` would)")
     p.add_argument("file", help="recording file")
     add_trace_arguments(p)
+    _add_export_arguments(p, replay=True)
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("trace", help="print Kafka request/response pairs live")
     _add_capture_arguments(p)
     add_trace_arguments(p)
     p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("run", help="the node agent: export spans and metrics over OTLP")
+    _add_capture_arguments(p)
+    _add_export_arguments(p)
+    p.add_argument("--record", metavar="FILE", help="also write everything captured to a recording")
+    p.add_argument("--no-metadata-lookup", action="store_true", default=None,
+                   help="never ask a broker for Metadata (cluster and topic names then wait for the clients')")
+    p.add_argument("--broker-traffic", action="store_true", default=None,
+                   help="also report brokers' own connections (controller, replication)")
+    p.add_argument("--status-interval", type=float, default=0, metavar="S",
+                   help="print a one-line summary every S seconds")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

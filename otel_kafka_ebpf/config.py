@@ -1,24 +1,33 @@
-"""Agent settings: a TOML file, then `OKE_*` environment variables, then command-line flags.
+"""Agent settings: a TOML file, then environment variables, then command-line flags (each wins over the last).
 
-Validation errors become one line naming the field, never a traceback.
+Tables: [capture], [exporter], [spans], [metrics], [agent]. Every field can also be set by an
+environment variable `OKE_<TABLE>_<FIELD>` (lists comma- or space-separated), and the standard
+OpenTelemetry variables are honoured where they mean the same thing (OTEL_EXPORTER_OTLP_*,
+OTEL_TRACES_SAMPLER(_ARG), OTEL_TRACES_EXPORTER, OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME,
+OTEL_BSP_*, OTEL_METRIC_EXPORT_INTERVAL); an OKE_ variable wins over its OTEL_ twin.
+Validation errors become one line naming the setting, never a traceback.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(Exception):
     """A setting the agent cannot use; str() is one line for the user."""
 
 
-class CaptureConfig(BaseModel):
+class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+class CaptureConfig(_Table):
     frame_budget: int = Field(1 << 20, ge=64, le=1 << 30, description="bytes copied per Kafka frame")
     ringbuf_mb: int = Field(64, ge=1, le=4096, description="ring buffer size in MiB")
     pids: list[int] = Field(default_factory=list, description="only these processes")
@@ -46,34 +55,269 @@ class CaptureConfig(BaseModel):
         return v
 
 
-class AgentConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+ExporterType = Literal["otlp", "otlp-http", "file", "console", "none"]
+EXPORTER_TYPES = ("otlp", "otlp-http", "file", "console", "none")
 
+
+class ExporterConfig(_Table):
+    type: ExporterType = Field("otlp", description="otlp (gRPC), otlp-http, file (OTLP JSON lines), console, none")
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type(cls, v: Any) -> Any:
+        if v not in EXPORTER_TYPES:
+            raise ValueError(f"{v!r} is not one of {', '.join(EXPORTER_TYPES)} (OTLP protocols: grpc, http/protobuf)")
+        return v
+
+    endpoint: str | None = Field(None, description="OTLP endpoint; default localhost:4317 (gRPC), "
+                                                   "http://localhost:4318 (HTTP)")
+    traces_endpoint: str | None = Field(None, description="OTLP/HTTP: full URL for traces")
+    metrics_endpoint: str | None = Field(None, description="OTLP/HTTP: full URL for metrics")
+    logs_endpoint: str | None = Field(None, description="OTLP/HTTP: full URL for logs")
+    headers: dict[str, str] = Field(default_factory=dict, description="headers sent with every export")
+    timeout_s: float = Field(10.0, gt=0, le=600, description="seconds one export may take")
+    compression: Literal["none", "gzip"] = Field("none", description="none or gzip")
+    insecure: bool | None = Field(None, description="gRPC without TLS (default: from the endpoint's scheme)")
+    certificate: str | None = Field(None, description="CA certificate file (PEM) to trust")
+    client_certificate: str | None = Field(None, description="client certificate (PEM) for mTLS")
+    client_key: str | None = Field(None, description="client key (PEM) for mTLS")
+    file_path: str | None = Field(None, description="type file: where to write (default: standard output)")
+    max_queue_spans: int = Field(65536, ge=1, le=10_000_000, description="spans kept while the backend is slow")
+    max_batch_spans: int = Field(512, ge=1, le=100_000, description="spans per export request")
+    schedule_delay_ms: int = Field(1000, ge=10, le=600_000, description="longest wait before spans are sent")
+
+    @field_validator("endpoint", "traces_endpoint", "metrics_endpoint", "logs_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        target = urlsplit(v if "://" in v else "//" + v)
+        if "://" in v and target.scheme not in ("http", "https", "unix"):
+            raise ValueError(f"{v!r}: scheme must be http or https")
+        try:
+            target.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError(f"{v!r}: not a valid port") from None
+        if target.scheme != "unix" and not target.hostname:
+            raise ValueError(f"{v!r}: no host")
+        return v
+
+    @field_validator("certificate", "client_certificate", "client_key")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v and not os.path.isfile(v):
+            raise ValueError(f"{v}: no such file")
+        return v
+
+    @model_validator(mode="after")
+    def _mtls_pair(self) -> "ExporterConfig":
+        if (self.client_certificate is None) != (self.client_key is None):
+            raise ValueError("client_certificate and client_key go together")
+        return self
+
+
+SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off",
+            "parentbased_traceidratio")
+
+
+class SpansConfig(_Table):
+    enabled: bool = Field(True, description="export send and poll spans")
+    sampler: str = Field("parentbased_always_on", description="OTEL_TRACES_SAMPLER: " + ", ".join(SAMPLERS))
+    sampler_arg: float | None = Field(None, description="OTEL_TRACES_SAMPLER_ARG: the ratio for *traceidratio")
+    links: bool = Field(True, description="link poll spans to the records' traceparent headers when captured")
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v not in SAMPLERS:
+            raise ValueError(f"unknown sampler {v!r} (one of {', '.join(SAMPLERS)})")
+        return v
+
+    @field_validator("sampler_arg", mode="before")
+    @classmethod
+    def _ratio(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{v!r} is not a number between 0 and 1") from None
+        if not 0.0 <= f <= 1.0 or math.isnan(f):
+            raise ValueError(f"{v!r} is not a number between 0 and 1")
+        return f
+
+    @property
+    def ratio(self) -> float:
+        """The fraction of traces kept."""
+        if self.sampler in ("always_off", "parentbased_always_off"):
+            return 0.0
+        if self.sampler.endswith("traceidratio"):
+            return 1.0 if self.sampler_arg is None else self.sampler_arg
+        return 1.0
+
+
+class MetricsConfig(_Table):
+    export_interval_ms: int = Field(1000, ge=100, le=3_600_000, description="OTEL_METRIC_EXPORT_INTERVAL")
+
+
+class AgentSettings(_Table):
+    service_name: str = Field("otel-kafka-ebpf", min_length=1, description="the agent's own service.name")
+    resource_attributes: dict[str, str] = Field(default_factory=dict,
+                                                description="added to every resource (OTEL_RESOURCE_ATTRIBUTES)")
+    host_name: str | None = Field(None, description="host.name (default: this host's name)")
+    discover_metadata: bool = Field(True, description="ask a broker for Metadata when a connection's cluster or "
+                                                      "topic names are unknown (agent started after its clients)")
+    resolve_wait_s: float = Field(10.0, ge=0, le=600, description="how long a batch waits for its cluster/topic")
+    group_wait_s: float = Field(6.0, ge=0, le=600, description="how long a joined-mid-stream consumer's batches "
+                                                               "wait for its group")
+    broker_traffic: bool = Field(False, description="also report brokers' own connections (controller, replication)")
+    command_args: bool = Field(False, description="export process.command_args (may hold secrets)")
+
+
+class AgentConfig(_Table):
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    exporter: ExporterConfig = Field(default_factory=ExporterConfig)
+    spans: SpansConfig = Field(default_factory=SpansConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
 
 
-_ENV_PREFIX = "OKE_CAPTURE_"
+_FLAG_NAMES = {"kafka_ports": "--kafka-port", "pids": "--capture-pid", "type": "--exporter"}
+_TABLES = {"capture": CaptureConfig, "exporter": ExporterConfig, "spans": SpansConfig, "metrics": MetricsConfig,
+           "agent": AgentSettings}
 _LIST_FIELDS = {"pids", "kafka_ports"}
+_DICT_FIELDS = {"headers", "resource_attributes"}
 
 
-def _from_env() -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in CaptureConfig.model_fields:
-        raw = os.environ.get(_ENV_PREFIX + name.upper())
-        if raw is None:
+def parse_key_values(text: str) -> dict[str, str]:
+    """`k1=v1,k2=v2` with percent-encoded values (OTEL_EXPORTER_OTLP_HEADERS, OTEL_RESOURCE_ATTRIBUTES)."""
+    out = {}
+    for item in text.split(","):
+        if not item.strip():
             continue
-        out[name] = [x for x in raw.replace(",", " ").split()] if name in _LIST_FIELDS else raw
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{item.strip()!r} is not key=value")
+        out[key.strip()] = unquote(value.strip())
     return out
 
 
-def _one_line(exc: ValidationError, source: str) -> str:
+_OTEL_EXPORTER_VARS = (
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "endpoint"), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "traces_endpoint"),
+    ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "metrics_endpoint"), ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "logs_endpoint"),
+    ("OTEL_EXPORTER_OTLP_CERTIFICATE", "certificate"),
+    ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "client_certificate"),
+    ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "client_key"), ("OTEL_EXPORTER_OTLP_INSECURE", "insecure"),
+    ("OTEL_EXPORTER_OTLP_COMPRESSION", "compression"), ("OTEL_EXPORTER_OTLP_HEADERS", "headers"),
+    ("OTEL_BSP_MAX_QUEUE_SIZE", "max_queue_spans"), ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "max_batch_spans"),
+    ("OTEL_BSP_SCHEDULE_DELAY", "schedule_delay_ms"),
+)
+
+
+def _otel_env(env: dict[str, str], origins: dict[tuple[str, str], str]) -> dict[str, dict[str, Any]]:
+    """The standard OpenTelemetry variables, as settings; `origins` learns which variable set what."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in _TABLES}
+    exp, spans, agent = out["exporter"], out["spans"], out["agent"]
+
+    def get(name: str) -> str | None:
+        v = env.get(name)
+        return v if v is not None and v.strip() != "" else None
+
+    protocol = get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if protocol is not None:
+        exp["type"] = {"grpc": "otlp", "http/protobuf": "otlp-http"}.get(protocol.strip(), f"protocol {protocol}")
+    traces_exporter = get("OTEL_TRACES_EXPORTER")
+    if traces_exporter is not None:
+        first = traces_exporter.split(",")[0].strip()
+        if first == "none":
+            spans["enabled"] = False
+        elif first == "console":
+            exp["type"] = "console"
+        elif first != "otlp":
+            exp["type"] = f"exporter {first}"
+    for var, key in _OTEL_EXPORTER_VARS:
+        v = get(var)
+        if v is not None:
+            exp[key] = (var, v) if key in _DICT_FIELDS else v.strip()
+    timeout = get("OTEL_EXPORTER_OTLP_TIMEOUT")
+    if timeout is not None:
+        try:
+            exp["timeout_s"] = float(timeout) / 1000.0
+        except ValueError:
+            exp["timeout_s"] = timeout  # validation names it
+    if get("OTEL_TRACES_SAMPLER") is not None:
+        spans["sampler"] = env["OTEL_TRACES_SAMPLER"]
+    if get("OTEL_TRACES_SAMPLER_ARG") is not None:
+        spans["sampler_arg"] = env["OTEL_TRACES_SAMPLER_ARG"]
+    if get("OTEL_METRIC_EXPORT_INTERVAL") is not None:
+        out["metrics"]["export_interval_ms"] = env["OTEL_METRIC_EXPORT_INTERVAL"]
+    if get("OTEL_SERVICE_NAME") is not None:
+        agent["service_name"] = env["OTEL_SERVICE_NAME"]
+    if get("OTEL_RESOURCE_ATTRIBUTES") is not None:
+        agent["resource_attributes"] = ("OTEL_RESOURCE_ATTRIBUTES", env["OTEL_RESOURCE_ATTRIBUTES"])
+    names = {("exporter", "type"): "OTEL_EXPORTER_OTLP_PROTOCOL/OTEL_TRACES_EXPORTER",
+             ("exporter", "timeout_s"): "OTEL_EXPORTER_OTLP_TIMEOUT", ("spans", "sampler"): "OTEL_TRACES_SAMPLER",
+             ("spans", "sampler_arg"): "OTEL_TRACES_SAMPLER_ARG", ("spans", "enabled"): "OTEL_TRACES_EXPORTER",
+             ("metrics", "export_interval_ms"): "OTEL_METRIC_EXPORT_INTERVAL",
+             ("agent", "service_name"): "OTEL_SERVICE_NAME"}
+    for var, key in _OTEL_EXPORTER_VARS:
+        names[("exporter", key)] = var
+    for table, values in out.items():
+        for key in values:
+            origins[(table, key)] = names.get((table, key), "environment")
+    return out
+
+
+def _oke_env(env: dict[str, str], origins: dict[tuple[str, str], str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {name: {} for name in _TABLES}
+    for table, model in _TABLES.items():
+        for name in model.model_fields:
+            var = f"OKE_{table.upper()}_{name.upper()}"
+            raw = env.get(var)
+            if raw is None:
+                continue
+            origins[(table, name)] = var
+            if name in _LIST_FIELDS:
+                out[table][name] = [x for x in raw.replace(",", " ").split()]
+            elif name in _DICT_FIELDS:
+                out[table][name] = (var, raw)
+            else:
+                out[table][name] = raw
+    return out
+
+
+def _one_line(exc: ValidationError, source: str, origins: dict[tuple[str, str], str]) -> str:
     err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "config"
+    loc = tuple(str(p) for p in err["loc"])
+    where = ".".join(loc) or "config"
+    origin = origins.get(loc[:2], source) if len(loc) >= 2 else source
+    if origin.startswith("OTEL_") or origin.startswith("OKE_") or origin.startswith("--"):
+        where = f"{where} (set by {origin})"
+        origin = source if source != "config" else "settings"
+    msg = err["msg"].removeprefix("Value error, ")
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{source}: {where}: {err['msg']}{more}"
+    return f"{origin}: {where}: {msg}{more}"
 
 
-def load_config(path: str | None = None, overrides: dict[str, Any] | None = None) -> AgentConfig:
+def _expand_dicts(table: str, values: dict[str, Any]) -> None:
+    """Key-value strings from the environment become tables; a bad one is one clear error."""
+    for name in _DICT_FIELDS:
+        value = values.get(name)
+        if isinstance(value, tuple):
+            var, raw = value
+            try:
+                values[name] = parse_key_values(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{var}: {exc}") from None
+
+
+def load_config(path: str | None = None, overrides: dict[str, Any] | None = None, *,
+                environ: dict[str, str] | None = None) -> AgentConfig:
+    """Settings from `path` (TOML), the environment and `overrides` (flags: {"capture": {...}, ...} or
+    capture fields at the top level), validated."""
+    env = dict(os.environ if environ is None else environ)
     data: dict[str, Any] = {}
     source = "config"
     if path:
@@ -83,15 +327,40 @@ def load_config(path: str | None = None, overrides: dict[str, Any] | None = None
                 data = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory, not a config file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not valid TOML (not UTF-8 text)") from None
         except OSError as exc:
             raise ConfigError(f"{path}: {exc.strerror}") from None
-    capture = dict(data.get("capture", {}) or {})
-    capture.update(_from_env())
-    capture.update({k: v for k, v in (overrides or {}).items() if v not in (None, [], ())})
-    data["capture"] = capture
+    unknown = [k for k in data if k not in _TABLES]
+    if unknown:
+        raise ConfigError(f"{source}: unknown table [{unknown[0]}] (tables: {', '.join(_TABLES)})")
+    flags = dict(overrides or {})
+    flat_capture = {k: flags.pop(k) for k in list(flags) if k not in _TABLES}
+    if flat_capture:
+        flags.setdefault("capture", {}).update(flat_capture)
+    merged: dict[str, Any] = {}
+    origins: dict[tuple[str, str], str] = {}
+    otel, oke = _otel_env(env, origins), _oke_env(env, origins)
+    for table, values in flags.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                if value not in (None, [], ()):
+                    origins[(table, key)] = _FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+    for layer, layer_name in ((data, source), (otel, "environment"), (oke, "environment"), (flags, "flags")):
+        for table in _TABLES:
+            values = layer.get(table)
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"{layer_name}: [{table}] must be a table of settings, not {type(values).__name__}")
+            values = {k: v for k, v in values.items() if v not in (None, [], ())}
+            _expand_dicts(table, values)
+            merged.setdefault(table, {}).update(values)
     try:
-        return AgentConfig.model_validate(data)
+        return AgentConfig.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc, source)) from None
+        raise ConfigError(_one_line(exc, source, origins)) from None

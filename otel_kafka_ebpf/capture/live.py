@@ -24,12 +24,14 @@ class LiveCapture:
     """
 
     def __init__(self, settings: CaptureSettings, *, duration_s: float | None = None,
-                 on_ready: Callable[[], None] | None = None, poll_ms: int = 100, drain_s: float = DRAIN_S):
+                 on_ready: Callable[[], None] | None = None, poll_ms: int = 100, drain_s: float = DRAIN_S,
+                 on_poll: Callable[[], None] | None = None):
         self.settings = settings
         self.duration_s = duration_s
         self.on_ready = on_ready
         self.poll_ms = poll_ms
         self.drain_s = drain_s
+        self.on_poll = on_poll  # called after every poll, in the consumer's thread: timers run without traffic
         self._stop = threading.Event()
         self.assembler = StreamAssembler()
         self.program: CaptureProgram | None = None
@@ -37,6 +39,11 @@ class LiveCapture:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def current_counters(self) -> dict[str, int]:
+        """The kernel's counters now (while running), or as they were at the end."""
+        prog = self.program
+        return prog.counters() if prog is not None else dict(self.counters)
 
     def __iter__(self) -> Iterator[StreamEvent]:
         pending: deque[StreamEvent] = deque()
@@ -61,6 +68,8 @@ class LiveCapture:
                     prog.poll(self.poll_ms)
                     while pending and not stop.is_set():
                         yield pending.popleft()
+                    if self.on_poll is not None:
+                        self.on_poll()
                     while exited:
                         prog.forget_process(exited.pop())
                 # After a stop, what the kernel already wrote is still decoded, for at most drain_s:

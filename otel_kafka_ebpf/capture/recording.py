@@ -2,7 +2,8 @@
 
 Format, version 1: gzip-compressed UTF-8 JSON lines. The first line is a header
 ``{"format": "otel-kafka-ebpf-recording", "version": 1, ...}``; each further line is one
-stream event with a type tag ``t`` (open, data, gap, close). Payload bytes are base64.
+stream event with a type tag ``t`` (open, data, gap, close), or a note (``t`` note: a fact a later
+stage recorded beside the streams, such as a process's identity). Payload bytes are base64.
 A reader accepts any version it knows and refuses others with one clear error.
 """
 
@@ -18,6 +19,7 @@ from typing import IO
 
 from .. import __version__
 from .streams import (
+    Annotation,
     ConnectionClosed,
     ConnectionOpened,
     Direction,
@@ -53,6 +55,8 @@ def _encode(event: StreamEvent) -> dict:
                 "raddr": event.remote_addr, "rport": event.remote_port, "role": int(event.role)}
     if isinstance(event, ConnectionClosed):
         return {"t": "close", "c": event.conn_id, "ts": event.ts_ns}
+    if isinstance(event, Annotation):
+        return {"t": "note", "k": event.kind, "ts": event.ts_ns, "v": event.data}
     raise TypeError(f"not a stream event: {event!r}")
 
 
@@ -69,6 +73,10 @@ def _decode(obj: dict) -> StreamEvent:
                                 Role(obj["role"]))
     if t == "close":
         return ConnectionClosed(obj["c"], obj["ts"])
+    if t == "note":
+        if not isinstance(obj["v"], dict) or not isinstance(obj["k"], str):
+            raise ValueError("a note holds a kind and a table")
+        return Annotation(obj["k"], obj["ts"], obj["v"])
     raise ValueError(f"unknown event type {t!r}")
 
 

@@ -78,4 +78,15 @@ class ConnectionClosed:
     ts_ns: int
 
 
-StreamEvent = ConnectionOpened | StreamData | StreamGap | ConnectionClosed
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    """A fact a later stage wants kept beside the streams (a process's identity, a broker's Metadata
+    that the agent asked for), so that a replay sees what the live run saw. Capture and recordings
+    carry it and never read it."""
+
+    kind: str
+    ts_ns: int
+    data: dict
+
+
+StreamEvent = ConnectionOpened | StreamData | StreamGap | ConnectionClosed | Annotation

@@ -33,6 +33,7 @@ LOST = "lost"  # its bytes fell in a capture gap
 TRUNCATED = "truncated"  # its frame was cut after the header, by a gap or the end of the stream
 NO_RESPONSE = "no_response"  # Produce with acks=0: none is sent
 UNSUPPORTED = "unsupported"  # api key or version not decoded (skipped by length)
+IN_FLIGHT = "in_flight"  # still waiting for its response when the input ended (a consumer's long poll)
 MALFORMED = "malformed"  # bytes that do not decode as the api/version they claim
 
 
@@ -245,14 +246,14 @@ class KafkaConnection:
             self.fetch_session.invalidate()  # a lost incremental request would leave stale offsets
         self._pull(splitter, is_request)
 
-    def close(self, ts_ns: int) -> None:
-        """The connection ended: frames cut off by the end are reported truncated, and outstanding
-        requests will get no response."""
+    def close(self, ts_ns: int, unanswered: str = LOST) -> None:
+        """The connection ended (or the input did: `unanswered` IN_FLIGHT): frames cut off by the end are
+        reported truncated, and outstanding requests get no response."""
         for splitter, is_request in ((self.responses, False), (self.requests, True)):
             splitter.end()
             self._pull(splitter, is_request)
         for pending in self.pending.values():
-            self._emit_unanswered(pending, LOST)
+            self._emit_unanswered(pending, unanswered)
         self.pending.clear()
         self.stats.update(self.splitter_counters())
         self.requests = FrameSplitter(_RequestValidator(self))  # counters are now in stats
@@ -456,7 +457,7 @@ class KafkaStreamDecoder:
         """End of input: requests still waiting are reported without responses."""
         out = []
         for conn_id in list(self.connections):
-            out.extend(self._drain(self.connections.pop(conn_id), ts_ns))
+            out.extend(self._drain(self.connections.pop(conn_id), ts_ns, IN_FLIGHT))
         return out
 
     def _conn(self, conn_id: int) -> KafkaConnection:
@@ -466,8 +467,8 @@ class KafkaStreamDecoder:
         return conn
 
     @staticmethod
-    def _drain(conn: KafkaConnection, ts_ns: int) -> list[KafkaPair]:
-        conn.close(ts_ns)
+    def _drain(conn: KafkaConnection, ts_ns: int, unanswered: str = LOST) -> list[KafkaPair]:
+        conn.close(ts_ns, unanswered)
         events = []
         while (ev := conn.next_event()) is not NEED_DATA:
             events.append(ev)

@@ -18,7 +18,8 @@ import pytest
 
 from otel_kafka_ebpf.kafka import SUPPORTED
 from otel_kafka_ebpf.kafka.versions import API_VERSIONS, FETCH, METADATA, PRODUCE, api_name
-from otel_kafka_ebpf.trace import add_trace_arguments, run_trace
+from otel_kafka_ebpf.pipeline import run_trace
+from otel_kafka_ebpf.sinks.pairs import add_trace_arguments
 from tests.testbed.kafka import KafkaBroker
 from tests.testbed.recording_proxy import RecordingProxy
 from tests.workloads import CLIENTS, run_workload

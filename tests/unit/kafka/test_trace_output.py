@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from otel_kafka_ebpf.trace import add_trace_arguments, run_trace
+from otel_kafka_ebpf.pipeline import run_trace
+from otel_kafka_ebpf.sinks.pairs import add_trace_arguments
 from tests.unit.kafka import vectors
 
 NAME = "java-zstd-3p"  # Produce v13 / Fetch v18: topics by id only, names from Metadata

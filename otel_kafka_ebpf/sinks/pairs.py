@@ -1,25 +1,21 @@
-"""`trace` and `replay`: print each Kafka request/response pair seen in captured streams.
+"""The `trace` sink: one line per Kafka request/response pair, JSON (`--json`) or compact text.
 
-stream events -> kafka decoder -> topic names (from Metadata seen on any connection) -> one line
-per pair, JSON (`--json`) or compact text. Used for a live capture and for a recording alike.
+Used by `trace` (live) and `replay` (a recording) alike; topic ids are named through the
+correlator's registry (Metadata seen on any connection).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from collections.abc import Iterable
 from typing import TextIO
 
-from .capture.streams import ConnectionClosed, ConnectionOpened, Role, StreamEvent
-from .correlate.topics import TopicRegistry
-from .kafka.connection import KafkaPair, KafkaStreamDecoder
-from .kafka.primitives import uuid_text
-from .kafka.versions import (
-    API_KEYS_BY_NAME, API_VERSIONS, FETCH, METADATA, PRODUCE, api_name,
-)
+from ..capture.streams import ConnectionOpened, Role
+from ..correlate.topics import TopicRegistry
+from ..kafka.connection import IN_FLIGHT, UNSUPPORTED, KafkaPair
+from ..kafka.primitives import uuid_text
+from ..kafka.versions import API_KEYS_BY_NAME, API_VERSIONS, FETCH, METADATA, PRODUCE, api_name
 
 
 def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +29,8 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", action="append", metavar="API", type=_api_key,
                         help="only this API, by name (produce, fetch, metadata, ...) or key number (repeatable)")
     parser.add_argument("--stats", action="store_true", help="print the decoder's counters to stderr at the end")
+    parser.add_argument("--broker-traffic", action="store_true", default=None,
+                        help="also show brokers' own connections (controller, replication), left out by default")
 
 
 def _api_key(text: str) -> int:
@@ -45,11 +43,11 @@ def _api_key(text: str) -> int:
 
 
 class PairFormatter:
-    """Turns decoded pairs into the printed records; holds the topic registry and connection facts."""
+    """Turns decoded pairs into the printed records, with topic names and connection facts."""
 
-    def __init__(self) -> None:
-        self.topics = TopicRegistry()
-        self.opened: dict[int, ConnectionOpened] = {}
+    def __init__(self, topics: TopicRegistry, opened: dict[int, ConnectionOpened]) -> None:
+        self.topics = topics
+        self.opened = opened
 
     def topic_name(self, topic: str | None, topic_id: bytes | None) -> str | None:
         if topic is not None:
@@ -57,10 +55,6 @@ class PairFormatter:
         if topic_id is None:
             return None
         return self.topics.name(topic_id) or uuid_text(topic_id)
-
-    def observe(self, pair: KafkaPair) -> None:
-        if pair.api_key == METADATA and pair.response is not None:
-            self.topics.observe_metadata(pair.response)
 
     def record(self, pair: KafkaPair) -> dict:
         conn = self.opened.get(pair.conn_id)
@@ -81,9 +75,13 @@ class PairFormatter:
             "response_ns": pair.response_ts_ns,
             "server": server,
         }
-        if pair.request_error:
+        if pair.request_error == UNSUPPORTED or pair.response_error == UNSUPPORTED:
+            rec["decoded"] = False  # an API (or version) whose bodies this agent does not decode
+        if pair.request_error and pair.request_error != UNSUPPORTED:
             rec["request_error"] = pair.request_error
-        if pair.response_error:
+        if pair.response_error == IN_FLIGHT:
+            rec["in_flight"] = True  # its response had not come when the capture stopped
+        elif pair.response_error and pair.response_error != UNSUPPORTED:
             rec["response_error"] = pair.response_error
         if pair.api_key == PRODUCE:
             rec["partitions"] = self._produce_partitions(pair)
@@ -190,9 +188,11 @@ def format_text(rec: dict) -> str:
     line = (f"{clock} {who} {rec['client_id'] or '-'} -> {rec['server'] or '?'} "
             f"{rec['api']} v{rec['version']} #{rec['correlation_id']}{latency}")
     req_err, resp_err = rec.get("request_error"), rec.get("response_error")
-    if req_err == resp_err == "unsupported":
+    if rec.get("decoded") is False:
         line += " (body not decoded)"
-    elif req_err or resp_err:
+    if rec.get("in_flight"):
+        line += " (response still awaited at stop)"
+    if req_err or resp_err:
         line += f" [request {req_err or 'ok'}, response {resp_err or 'ok'}]"
     parts = []
     for p in rec.get("partitions", ()):
@@ -212,37 +212,23 @@ def format_text(rec: dict) -> str:
     return line
 
 
-def run_trace(events: Iterable[StreamEvent], args: argparse.Namespace, out: TextIO) -> int:
-    decoder = KafkaStreamDecoder()
-    formatter = PairFormatter()
-    formatter.opened = decoder.opened  # the decoder records every ConnectionOpened
-    wanted = PairFilter(args)
-    as_json = bool(getattr(args, "json", False))
+class PairPrinter:
+    """The sink: filtered pairs as JSON lines or text lines on `out`."""
 
-    def emit(pairs: list[KafkaPair]) -> None:
-        for pair in pairs:
-            formatter.observe(pair)
-            conn = decoder.opened.get(pair.conn_id)
-            if not wanted.wants_pair(pair, conn.pid if conn else None):
-                continue
-            rec = wanted.narrow(formatter.record(pair))
-            if rec is None:
-                continue
-            out.write((json.dumps(rec, separators=(",", ":")) if as_json else format_text(rec)) + "\n")
+    def __init__(self, args: argparse.Namespace, out: TextIO, topics: TopicRegistry,
+                 opened: dict[int, ConnectionOpened]) -> None:
+        self.formatter = PairFormatter(topics, opened)
+        self.wanted = PairFilter(args)
+        self.as_json = bool(getattr(args, "json", False))
+        self.out = out
 
-    try:
-        for event in events:
-            pairs = decoder.feed(event)
-            if pairs:
-                emit(pairs)
-            if type(event) is ConnectionClosed:
-                decoder.opened.pop(event.conn_id, None)
-        emit(decoder.finish())
-    except BrokenPipeError:  # `... | head`
-        return 0
-    finally:
-        if getattr(args, "stats", False):
-            stats = dict(sorted(decoder.summary().items()))
-            print(json.dumps({"decoder": stats}), file=sys.stderr)
-    out.flush()
-    return 0
+    def pair(self, pair: KafkaPair, conn: ConnectionOpened | None) -> None:
+        if not self.wanted.wants_pair(pair, conn.pid if conn else None):
+            return
+        rec = self.wanted.narrow(self.formatter.record(pair))
+        if rec is None:
+            return
+        self.out.write((json.dumps(rec, separators=(",", ":")) if self.as_json else format_text(rec)) + "\n")
+
+    def close(self) -> None:
+        self.out.flush()

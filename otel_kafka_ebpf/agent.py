@@ -1,0 +1,116 @@
+"""`run` (and `replay` with an exporter): the pipeline wired to spans, health metrics and an OTLP exporter."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterable
+
+from .capture.streams import Annotation, StreamEvent
+from .config import AgentConfig, ConfigError
+from .correlate.batches import Correlator
+from .identity import ProcessDirectory
+from .pipeline import Pipeline
+from .sinks.export import Exporter, make_transport
+from .sinks.health import Figure, HealthSink
+from .sinks.resources import ResourceCatalog
+from .sinks.spans import SpanBuilder, SpanSink
+
+_DECODER_PROBLEMS = ("malformed", "truncated", "lost_responses", "unmatched", "pending_overflow", "bad_sizes")
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, *, live: bool, on_annotation: Callable[[Annotation], None] | None = None,
+                 capture_counters: Callable[[], dict] | None = None, start_ns: int | None = None) -> None:
+        self.cfg = cfg
+        a = cfg.agent
+        self.processes = ProcessDirectory(host_name=a.host_name or socket.gethostname(), command_args=a.command_args,
+                                          read_proc=live)
+        self.resources = ResourceCatalog(self.processes, a.resource_attributes, a.service_name)
+        try:
+            transport = make_transport(cfg.exporter)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"exporter: {exc}") from None
+        self.exporter = Exporter(transport, max_items={"traces": cfg.exporter.max_queue_spans},
+                                 timeout_s=cfg.exporter.timeout_s)
+        self.destination = transport.describe()
+        correlator = Correlator(resolve_wait_ns=int(a.resolve_wait_s * 1e9), group_wait_ns=int(a.group_wait_s * 1e9),
+                                links=cfg.spans.links)
+        lookup = None
+        if live and a.discover_metadata:
+            from .discovery import MetadataLookup
+
+            lookup = MetadataLookup()
+        self.lookup = lookup
+        self.capture_counters = capture_counters or dict
+        self.pipeline = Pipeline(processes=self.processes, correlator=correlator, broker_traffic=a.broker_traffic,
+                                 on_annotation=on_annotation, lookup=lookup)
+        self.spans = None
+        if cfg.spans.enabled:
+            self.spans = SpanSink(SpanBuilder(self.resources, cfg.spans.ratio), self.exporter,
+                                  max_batch=cfg.exporter.max_batch_spans,
+                                  delay_ns=cfg.exporter.schedule_delay_ms * 1_000_000)
+            self.pipeline.add_sink(self.spans)
+        self.start_ns = start_ns if start_ns is not None else time.time_ns()
+        self.health = HealthSink(self.figures, self.exporter, self.resources.agent,
+                                 interval_ns=cfg.metrics.export_interval_ms * 1_000_000, start_ns=self.start_ns)
+        self.pipeline.add_sink(self.health)
+
+    def run(self, events: Iterable[StreamEvent]) -> None:
+        pipeline = self.pipeline
+        first = True
+        for event in events:
+            if first and not self.processes.read_proc:  # a replay: its clock starts at its first event
+                self.health.restart(event.ts_ns)
+                first = False
+            pipeline.feed(event)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self.pipeline.finish()
+        self.health.export(max(self.pipeline.now_ns, self.health.start_ns))
+        if self.lookup is not None:
+            self.lookup.close()
+        self.exporter.shutdown(timeout_s)
+
+    def figures(self) -> list[Figure]:
+        c = self.capture_counters() or {}
+        d = self.pipeline.decoder.summary()
+        builder_stats = self.spans.builder.stats if self.spans else {}
+        ex = self.exporter
+        problems = [({"problem": k}, v) for k, v in sorted(d.items()) if k.startswith(_DECODER_PROBLEMS) and v]
+        out = [
+            Figure("otel_kafka_ebpf.capture.events", "{event}", "events read from the kernel", True,
+                   [({}, c.get("events", 0))]),
+            Figure("otel_kafka_ebpf.capture.bytes", "By", "Kafka bytes copied from the kernel", True,
+                   [({}, c.get("bytes", 0))]),
+            Figure("otel_kafka_ebpf.capture.lost_events", "{event}", "events lost to a full ring buffer", True,
+                   [({}, c.get("ringbuf_drops", 0))]),
+            Figure("otel_kafka_ebpf.capture.gap_bytes", "By", "Kafka bytes not captured (reported as gaps)", True,
+                   [({}, d.get("gap_bytes", 0))]),
+            Figure("otel_kafka_ebpf.capture.kafka_connections", "{connection}", "connections classified Kafka",
+                   True, [({}, c.get("conn_kafka", 0))]),
+            Figure("otel_kafka_ebpf.decoder.problems", "{frame}", "frames the decoder could not use, by problem",
+                   True, problems),
+            Figure("otel_kafka_ebpf.spans", "{span}", "spans built and sampled out", True,
+                   [({"state": "built"}, builder_stats.get("send_spans", 0) + builder_stats.get("poll_spans", 0)),
+                    ({"state": "sampled_out"}, builder_stats.get("spans_sampled_out", 0))]),
+            Figure("otel_kafka_ebpf.export.items", "{item}", "spans, metric points and log records by outcome",
+                   True, [({"signal": s, "outcome": o}, n) for o, counter in
+                          (("exported", ex.exported), ("dropped", ex.dropped), ("rejected", ex.rejected))
+                          for s, n in sorted(counter.items()) if n]),
+            Figure("otel_kafka_ebpf.export.failed_requests", "{request}", "export requests that failed", True,
+                   [({}, ex.requests.get("failed", 0))]),
+            Figure("otel_kafka_ebpf.export.queued", "{item}", "items waiting to be exported", None,
+                   [({"signal": s}, n) for s, n in sorted(ex.queued.items())]),
+            Figure("otel_kafka_ebpf.batches.waiting", "{batch}", "batches waiting for their cluster, topic or group",
+                   None, [({}, self.pipeline.correlator.parked)]),
+        ]
+        return out
+
+    def summary(self) -> str:
+        b = self.spans.builder.stats if self.spans else {}
+        ex = self.exporter
+        return (f"{b.get('send_spans', 0)} send and {b.get('poll_spans', 0)} poll spans "
+                f"({b.get('spans_sampled_out', 0)} sampled out); exported {ex.exported.get('traces', 0)} spans and "
+                f"{ex.exported.get('metrics', 0)} metric points to {self.destination}, dropped "
+                f"{sum(ex.dropped.values())}")

@@ -1,0 +1,199 @@
+"""One path for `trace`, `replay`, `run` and `top`: stream events -> decoder -> correlation -> sinks.
+
+The same events give the same output whether they come from the live capture or a recording:
+time is the events' own (a recording replays with its timestamps), and facts the live run learnt
+outside the streams (a process's identity, a broker's Metadata the agent asked for) travel as
+`Annotation` events, recorded where they took effect.
+
+Sinks are small objects with any of: `pair(pair, conn)` (every decoded request/response pair),
+`batches(batches, now_ns)` (produced and delivered batches, resolved), `tick(now_ns)` (timers) and
+`close()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import TextIO
+
+from .capture.streams import Annotation, ConnectionClosed, ConnectionOpened, StreamEvent
+from .correlate.batches import Correlator
+from .correlate.clusters import Endpoint
+from .identity import ProcessDirectory, ProcessIdentity
+from .kafka.connection import KafkaStreamDecoder
+from .kafka.metadata import decode_response as decode_metadata_response
+from .kafka.primitives import DecodeError
+from .sinks.pairs import PairPrinter
+
+TICK_NS = 100_000_000  # timers run at least this often in event time
+
+# Annotation kinds
+PROCESS = "process"  # data: ProcessIdentity.to_dict()
+METADATA = "metadata"  # data: {"netns", "addr", "port", "version", "response": hex of a Metadata response body}
+
+
+class Pipeline:
+    def __init__(self, *, sinks: Iterable[object] = (), processes: ProcessDirectory | None = None,
+                 correlator: Correlator | None = None, broker_traffic: bool = False,
+                 on_annotation: Callable[[Annotation], None] | None = None, lookup=None) -> None:
+        self.decoder = KafkaStreamDecoder()
+        self.correlator = correlator or Correlator()
+        self.correlator.connections = self.decoder.opened  # one table of open connections
+        self.processes = processes or ProcessDirectory()
+        self.broker_traffic = broker_traffic
+        self.on_annotation = on_annotation
+        self.lookup = lookup  # a MetadataLookup (the agent asking brokers), or None
+        self.sinks: list[object] = []
+        self._pair_sinks: list[Callable] = []
+        self._batch_sinks: list[Callable] = []
+        self._tick_sinks: list[Callable] = []
+        for sink in sinks:
+            self.add_sink(sink)
+        self.now_ns = 0  # the latest event time seen
+        self._next_tick = 0
+        self.stats: Counter = Counter()
+
+    def add_sink(self, sink: object) -> None:
+        self.sinks.append(sink)
+        for method, hooks in (("pair", self._pair_sinks), ("batches", self._batch_sinks),
+                              ("tick", self._tick_sinks)):
+            if hasattr(sink, method):
+                hooks.append(getattr(sink, method))
+
+    # --- input -----------------------------------------------------------------------------------
+
+    def feed(self, event: StreamEvent) -> None:
+        kind = type(event)
+        ts = event.ts_ns
+        if ts > self.now_ns:
+            self.now_ns = ts
+        if kind is ConnectionOpened:
+            self._opened(event)
+        elif kind is Annotation:
+            self._annotation(event)
+            return
+        pairs = self.decoder.feed(event)
+        if pairs:
+            self._pairs(pairs)
+        if kind is ConnectionClosed:
+            self.decoder.opened.pop(event.conn_id, None)
+        if self.now_ns >= self._next_tick:
+            self.tick(self.now_ns)
+
+    def run(self, events: Iterable[StreamEvent]) -> None:
+        for event in events:
+            self.feed(event)
+        self.finish()
+
+    def tick(self, now_ns: int | None = None) -> None:
+        """Timers: parked batches whose wait is over, the agent's own lookups, sinks' periodic work."""
+        if now_ns is None:
+            now_ns = time.time_ns()
+        self._next_tick = now_ns + TICK_NS
+        if self.lookup is not None:
+            for endpoint in self.correlator.wanted_endpoints():
+                self.lookup.request(endpoint)
+            for endpoint, version, body in self.lookup.results():
+                self._learn_metadata(endpoint, version, body, now_ns, record=True)
+        released = self.correlator.tick(now_ns)
+        if released:
+            self._emit_batches(released, now_ns)
+        for tick in self._tick_sinks:
+            tick(now_ns)
+
+    def finish(self) -> None:
+        """End of input: pairs still waiting, parked batches, sinks flushed and closed."""
+        pairs = self.decoder.finish(self.now_ns)
+        if pairs:
+            self._pairs(pairs)
+        rest = self.correlator.flush()
+        if rest:
+            self._emit_batches(rest, self.now_ns)
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                close()
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _opened(self, event: ConnectionOpened) -> None:
+        processes = self.processes
+        known = processes.peek(event.pid)
+        ident = processes.get(event.pid, event.comm)
+        if ident is not known and self.on_annotation is not None and processes.read_proc:
+            self.on_annotation(Annotation(PROCESS, event.ts_ns, ident.to_dict()))
+        if ident.is_kafka_broker:
+            self.correlator.mark_broker(event.pid)
+        if self.lookup is not None:
+            self.lookup.note_process(event.netns, event.pid)
+
+    def _annotation(self, note: Annotation) -> None:
+        try:
+            if note.kind == PROCESS:
+                self.processes.remember(ProcessIdentity.from_dict(note.data))
+                ident = self.processes.peek(int(note.data["pid"]))
+                if ident is not None and ident.is_kafka_broker:
+                    self.correlator.mark_broker(ident.pid)
+            elif note.kind == METADATA:
+                d = note.data
+                self._learn_metadata(Endpoint(int(d["netns"]), str(d["addr"]), int(d["port"])), int(d["version"]),
+                                     bytes.fromhex(d["response"]), note.ts_ns, record=False)
+            else:
+                self.stats["unknown_annotations"] += 1
+        except (KeyError, TypeError, ValueError):
+            self.stats["bad_annotations"] += 1
+
+    def _learn_metadata(self, endpoint: Endpoint, version: int, body: bytes, ts_ns: int, record: bool) -> None:
+        try:
+            response = decode_metadata_response(memoryview(body), 0, version)
+        except (DecodeError, IndexError, ValueError):
+            self.stats["bad_metadata_lookups"] += 1
+            return
+        if record and self.on_annotation is not None:
+            self.on_annotation(Annotation(METADATA, ts_ns, {"netns": endpoint.netns, "addr": endpoint.addr,
+                                                            "port": endpoint.port, "version": version,
+                                                            "response": body.hex()}))
+        self.stats["metadata_lookups_applied"] += 1
+        released = self.correlator.learn_metadata(endpoint, response, ts_ns)
+        if released:
+            self._emit_batches(released, ts_ns)
+
+    def _pairs(self, pairs) -> None:
+        correlator = self.correlator
+        opened = self.decoder.opened
+        pair_sinks = self._pair_sinks
+        for pair in pairs:
+            batches = correlator.on_pair(pair)
+            if batches:
+                self._emit_batches(batches, pair.response_ts_ns or pair.request_ts_ns)
+            if pair_sinks:
+                if not self.broker_traffic and correlator.is_broker_pair(pair):
+                    self.stats["broker_pairs_left_out"] += 1
+                    continue
+                conn = opened.get(pair.conn_id)
+                for sink in pair_sinks:
+                    sink(pair, conn)
+
+    def _emit_batches(self, batches, now_ns: int) -> None:
+        for sink in self._batch_sinks:
+            sink(batches, now_ns)
+
+
+def run_trace(events: Iterable[StreamEvent], args: argparse.Namespace, out: TextIO, *,
+              processes: ProcessDirectory | None = None, broker_traffic: bool = False) -> int:
+    """`trace` and `replay`: print the pairs of `events`."""
+    pipeline = Pipeline(processes=processes, broker_traffic=broker_traffic)
+    pipeline.add_sink(PairPrinter(args, out, pipeline.correlator.topics, pipeline.decoder.opened))
+    try:
+        pipeline.run(events)
+    except BrokenPipeError:  # `... | head`
+        return 0
+    finally:
+        if getattr(args, "stats", False):
+            stats = dict(sorted(pipeline.decoder.summary().items()))
+            print(json.dumps({"decoder": stats}), file=sys.stderr)
+    return 0
