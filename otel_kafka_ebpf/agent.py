@@ -21,16 +21,18 @@ _DECODER_PROBLEMS = ("malformed", "truncated", "lost_responses", "unmatched", "p
 
 class Agent:
     def __init__(self, cfg: AgentConfig, *, live: bool, on_annotation: Callable[[Annotation], None] | None = None,
-                 capture_counters: Callable[[], dict] | None = None, start_ns: int | None = None) -> None:
+                 capture_counters: Callable[[], dict] | None = None, start_ns: int | None = None,
+                 transport=None) -> None:
         self.cfg = cfg
         a = cfg.agent
         self.processes = ProcessDirectory(host_name=a.host_name or socket.gethostname(), command_args=a.command_args,
                                           read_proc=live)
         self.resources = ResourceCatalog(self.processes, a.resource_attributes, a.service_name)
-        try:
-            transport = make_transport(cfg.exporter)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"exporter: {exc}") from None
+        if transport is None:
+            try:
+                transport = make_transport(cfg.exporter)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"exporter: {exc}") from None
         self.exporter = Exporter(transport, max_items={"traces": cfg.exporter.max_queue_spans},
                                  timeout_s=cfg.exporter.timeout_s)
         self.destination = transport.describe()

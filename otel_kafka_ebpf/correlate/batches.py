@@ -26,7 +26,7 @@ from .groups import CLASSIC, CONSUMER, SHARE, ConsumerInstance, GroupDirectory
 from .topics import TopicRegistry
 
 MAX_PARKED = 50_000  # batches waiting for a cluster, a topic name or a group
-MAX_LINKS = 16  # traceparent links kept per batch
+MAX_LINKS = 128  # traceparent links kept per batch (the SDK's default span link limit)
 _TRACEPARENT = b"traceparent"
 
 # APIs only brokers and controllers send each other: a process sending one is a broker.

@@ -130,7 +130,7 @@ class Workload:
     """A started workload process; ``wait()`` returns its GroundTruth."""
 
     def __init__(self, client: str, bootstrap: str, topic: str, out_path: str | os.PathLike,
-                 env: dict[str, str] | None = None, **options: Any):
+                 env: dict[str, str] | None = None, preexec_fn=None, **options: Any):
         self.client = client
         self.out_path = Path(out_path)
         self.options = {"bootstrap": bootstrap, "topic": topic, **options}
@@ -147,7 +147,7 @@ class Workload:
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._stderr,
                                      stderr=subprocess.STDOUT, cwd=ROOT,
                                      env={**os.environ, **(env or {})},
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=preexec_fn)
 
     @property
     def pid(self) -> int:
