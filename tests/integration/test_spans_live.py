@@ -95,3 +95,55 @@ def test_send_and_poll_spans_of_every_batch_with_resources(kafka_broker, topic_f
             assert resource["k8s.pod.uid"] == box.pod_uid and resource["k8s.pod.name"] == pod_name
     # no spans for the broker's own traffic, none for anything but these three processes
     assert {s.resource["process.pid"] for s in spans} == {produced.pid, billing.pid, audit.pid}
+
+
+def test_two_agents_on_two_nodes_share_traces_also_after_a_restart(kafka_broker, topic_factory, tmp_path):
+    """The producer's agent sees only the producer, the consumer's agent only the consumer (as on two nodes),
+    each exporting on its own; the `poll` spans still hang under the `send` spans. Both agents then restart
+    while the clients keep running (no Metadata from the clients for minutes): the link holds."""
+    from tests.workloads import Workload
+
+    topic = topic_factory(partitions=2)
+    bootstrap = kafka_broker.bootstrap
+    common = dict(messages=1200, partitions=2, size=100, rate=60, timeout_s=120)
+    outputs = {phase: (tmp_path / f"producer-{phase}.jsonl", tmp_path / f"consumer-{phase}.jsonl")
+               for phase in ("before", "after")}
+    attached = {}  # phase -> (from, to): both agents attached
+    with FakeContainer("docker") as pbox, FakeContainer("docker") as cbox:
+        p_out, c_out = outputs["before"]
+        with run_agent(p_out, "--cgroup", pbox.path), run_agent(c_out, "--cgroup", cbox.path):
+            t0 = time.time_ns()
+            # kafka-python names topics; the Java consumer's Fetch names them by id only
+            producer = Workload("kafkapython", bootstrap, topic, tmp_path / "p.jsonl", mode="produce",
+                                client_id="orders", env={"OTEL_SERVICE_NAME": "orders"}, preexec_fn=pbox.enter,
+                                **common)
+            consumer = Workload("java", bootstrap, topic, tmp_path / "c.jsonl", mode="consume", group=f"{topic}-g",
+                                client_id="billing", env={"OTEL_SERVICE_NAME": "billing"}, preexec_fn=cbox.enter,
+                                **common)
+            time.sleep(8)
+            attached["before"] = (t0, time.time_ns())
+        p_out, c_out = outputs["after"]
+        with run_agent(p_out, "--cgroup", pbox.path), run_agent(c_out, "--cgroup", cbox.path):
+            t0 = time.time_ns()
+            with producer, consumer:
+                produced, consumed = producer.wait(), consumer.wait()
+            time.sleep(2)
+            attached["after"] = (t0, time.time_ns())
+    sends = {}
+    for phase in ("before", "after"):
+        p_spans = spans_in_file(outputs[phase][0])
+        assert p_spans and all(s.kind == SEND and s.service == "orders" for s in p_spans)
+        sends.update({(s.trace_id, s.span_id): s for s in p_spans})
+    sent_at = {(p.partition, p.offset): p.send_ns for p in produced.produced}
+    margin = 300_000_000  # a batch in flight as an agent attaches or detaches may be seen by one side only
+    for phase in ("before", "after"):
+        lo, hi = attached[phase]
+        polls = spans_in_file(outputs[phase][1])
+        assert polls and all(s.kind == POLL and s.service == "billing" for s in polls)
+        must_link = [p for p in polls if lo + margin < sent_at[(p.partition, p.first_offset)] < hi - margin]
+        assert len(must_link) >= 10, (phase, len(polls))
+        for p in must_link:
+            send = sends.get((p.trace_id, p.parent_span_id))
+            assert send is not None, (phase, p.partition, p.first_offset)
+            assert (send.topic, send.partition, send.first_offset) == (p.topic, p.partition, p.first_offset)
+    assert consumed.consumed
