@@ -31,7 +31,9 @@ class Agent:
         if transport is None:
             try:
                 transport = make_transport(cfg.exporter)
-            except (OSError, ValueError) as exc:
+            except OSError as exc:
+                raise ConfigError(f"exporter: {exc.filename + ': ' if exc.filename else ''}{exc.strerror}") from None
+            except ValueError as exc:
                 raise ConfigError(f"exporter: {exc}") from None
         self.exporter = Exporter(transport, max_items={"traces": cfg.exporter.max_queue_spans},
                                  timeout_s=cfg.exporter.timeout_s)

@@ -12,32 +12,21 @@ import time
 
 import pytest
 
+from tests.testbed.agent_cli import AgentCLI
 from tests.workloads import CLIENTS, run_workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.bpf,
               pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")]
 
 
-class TraceCLI:
+class TraceCLI(AgentCLI):
     """`otel-kafka-ebpf trace --json` in a child process, stopped with Ctrl-C (SIGINT)."""
 
     def __init__(self, *args: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "otel_kafka_ebpf.cli", "trace", "--json", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def __enter__(self) -> "TraceCLI":
-        first = self.proc.stderr.readline()  # printed once the BPF programs are attached
-        assert "tracing" in first, first + self.proc.stderr.read()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        self.out, self.err = self.proc.communicate(timeout=60)
-        assert self.proc.returncode == 0, self.err
-        assert "Traceback" not in self.err, self.err
+        super().__init__("trace", "--json", *args, ready="tracing")
 
     def pairs(self) -> list[dict]:
-        return [json.loads(line) for line in self.out.splitlines() if line.strip()]
+        return self.json_lines()
 
 
 def _covered(offset: int, ranges: list[tuple[int, int]]) -> bool:
@@ -176,3 +165,22 @@ def test_trace_survives_a_client_killed_mid_frame_and_garbage(kafka_broker, topi
     killed = [(p["api"], p["response_ns"] is not None, p.get("request_error"), p.get("response_error"))
               for p in by_client.get("killed-mid-frame", [])]
     assert killed == [("ApiVersions", True, None, None), ("Produce", False, "truncated", "lost")], killed
+
+
+def test_broker_traffic_is_left_out_unless_asked_and_long_polls_are_in_flight(kafka_broker, topic, tmp_path):
+    """A broker's own connections (to its controller: BrokerHeartbeat, ...) are not client traffic; a consumer
+    long-polling when the agent stops has its Fetch in flight, not lost."""
+    from tests.workloads import start_workload
+
+    broker_pid = kafka_broker.pid
+    with start_workload("go", kafka_broker.bootstrap, topic, tmp_path / "c.jsonl", mode="consume", messages=10,
+                        timeout_s=60) as consumer:
+        with TraceCLI() as plain, TraceCLI("--broker-traffic") as everything:
+            time.sleep(7)  # the broker heartbeats its controller every 2 s; the consumer long-polls an empty topic
+        consumer.kill()
+    assert not [p for p in plain.pairs() if p["pid"] == broker_pid]
+    from_broker = [p for p in everything.pairs() if p["pid"] == broker_pid]
+    assert "BrokerHeartbeat" in {p["api"] for p in from_broker}, {p["api"] for p in from_broker}
+    fetches = [p for p in plain.pairs() if p["pid"] == consumer.pid and p["api"] == "Fetch"]
+    assert fetches and fetches[-1].get("in_flight") is True and "response_error" not in fetches[-1]
+    assert all(not p.get("in_flight") for p in fetches[:-1])
