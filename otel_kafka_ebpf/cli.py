@@ -133,6 +133,13 @@ def _report_counters(live, out=sys.stderr) -> None:
           file=out)
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    from .config import describe
+
+    sys.stdout.write(describe(_load(args)))
+    return EXIT_OK
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import doctor
 
@@ -260,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="check that this host can run the agent")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("settings", help="print the settings in force (config file, environment, flags) as TOML")
+    p.add_argument("--config", help="TOML config file")
+    p.set_defaults(func=cmd_settings)
 
     p = sub.add_parser("record", help="capture Kafka traffic into a recording file")
     p.add_argument("--out", required=True, help="recording file to write")

@@ -364,3 +364,32 @@ def load_config(path: str | None = None, overrides: dict[str, Any] | None = None
         return AgentConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, source, origins)) from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return '""'
+
+
+def describe(cfg: AgentConfig) -> str:
+    """The settings in force as a commented TOML file (unset optional settings commented out)."""
+    lines = []
+    for table, model in _TABLES.items():
+        lines.append(f"[{table}]")
+        values = getattr(cfg, table)
+        for name, field in model.model_fields.items():
+            value = getattr(values, name)
+            env = f"OKE_{table.upper()}_{name.upper()}"
+            lines.append(f"# {field.description} ({env})")
+            lines.append(f"{'# ' if value is None else ''}{name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
