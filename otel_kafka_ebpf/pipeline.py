@@ -81,6 +81,7 @@ class Pipeline:
             self._pairs(pairs)
         if kind is ConnectionClosed:
             self.decoder.opened.pop(event.conn_id, None)
+            self.correlator.connection_closed(event.conn_id, ts)
         if self.now_ns >= self._next_tick:
             self.tick(self.now_ns)
 

@@ -23,6 +23,7 @@ from ..kafka.versions import (
 )
 from .clusters import ClusterDirectory, Endpoint
 from .groups import CLASSIC, CONSUMER, SHARE, ConsumerInstance, GroupDirectory
+from .lag import Instance, LagTracker, PartitionKey
 from .topics import TopicRegistry
 
 MAX_PARKED = 50_000  # batches waiting for a cluster, a topic name or a group
@@ -139,6 +140,7 @@ class Correlator:
         self.resolve_wait_ns = resolve_wait_ns
         self.group_wait_ns = group_wait_ns
         self.links = links
+        self.lag = LagTracker()
         self.stats: Counter = Counter()
         self._parked: deque[_Parked] = deque()
         self._learnt = 0  # generation of what was known when the parked batches were last checked
@@ -150,8 +152,8 @@ class Correlator:
     def connection_opened(self, event: ConnectionOpened) -> None:
         self.connections[event.conn_id] = event
 
-    def connection_closed(self, conn_id: int) -> None:
-        self.connections.pop(conn_id, None)
+    def connection_closed(self, conn_id: int, ts_ns: int) -> None:
+        self.lag.connection_closed(conn_id, ts_ns)
 
     def mark_broker(self, pid: int) -> None:
         self.broker_pids.add(pid)
@@ -189,14 +191,20 @@ class Correlator:
             return []
         pid = conn.pid if conn is not None else 0
         if api == PRODUCE:
-            return self._admit(self._produced(pair, pid), pair.request_ts_ns)
+            produced = self._produced(pair, pid)
+            self._track_produced(produced)
+            return self._admit(produced, pair.request_ts_ns)
         if api == FETCH:
-            return self._admit(self._delivered(pair, pid), pair.request_ts_ns)
+            delivered = self._delivered(pair, pid)
+            self._track_fetch(pair, pid)
+            return self._admit(delivered, pair.request_ts_ns)
         if api == SHARE_FETCH:
             self._observe_share(pair, pid)
             return self._admit(self._share_delivered(pair, pid), pair.request_ts_ns)
         if api in _GROUP_APIS:
             self._observe_group(pair, pid)
+            if api == OFFSET_COMMIT:
+                self._track_commit(pair, pid)
             return self._recheck(pair.request_ts_ns)
         return []
 
@@ -432,6 +440,78 @@ class Correlator:
                     b.attributes, None, -1, pair.response_start_ts_ns, pair.response_ts_ns, pair.request_ts_ns,
                     request.max_wait_ms, True, traceparents_of(b) if self.links else ()))
         return out
+
+    # --- lag observations ------------------------------------------------------------------------
+
+    def partition_key(self, endpoint: Endpoint | None, topic: str | None, topic_id: bytes | None,
+                      partition: int) -> PartitionKey | None:
+        """The partition's key for lag state: by cluster and topic name; None while the name is unknown."""
+        name = topic or self.topics.name(topic_id)
+        if name is None:
+            self.stats["lag_topic_unresolved"] += 1
+            if endpoint is not None:
+                self._wanted.add(endpoint)
+            return None
+        return PartitionKey(self.clusters.cluster_of(endpoint), name, partition)
+
+    def _track_produced(self, produced: list[Batch]) -> None:
+        lag = self.lag
+        for b in produced:
+            if b.base_offset is not None:
+                key = self.partition_key(b.server, b.topic, b.topic_id, b.partition)
+                if key is not None:
+                    lag.produced(key, b.base_offset, b.record_count, b.start_ns)
+
+    def _track_fetch(self, pair: KafkaPair, pid: int) -> None:
+        request, response = pair.request, pair.response
+        if request is None or response is None or request.replica_id >= 0 or pair.response_ts_ns is None:
+            return
+        endpoint = self.endpoint(pair.conn_id)
+        instance = Instance(pid, pair.client_id)
+        group = self.groups.group_of(ConsumerInstance(pid, pair.client_id))
+        lag = self.lag
+        seen = set()
+        for p in response.partitions:
+            key = self.partition_key(endpoint, p.topic, p.topic_id, p.partition)
+            if key is None:
+                continue
+            topic_key = (p.topic_id or p.topic, p.partition)
+            seen.add(topic_key)
+            if p.error_code == 0:
+                lag.high_watermark(key, p.high_watermark, pair.response_ts_ns)
+            for b in p.batches:
+                if not b.is_control:
+                    lag.fetched_batch(key, b.base_offset, b.last_offset, b.first_timestamp, b.max_timestamp,
+                                      b.timestamp_type == 1)
+            fetch_offset = (pair.fetch_offsets or {}).get(topic_key)
+            if fetch_offset is not None and p.error_code == 0:
+                lag.fetched(instance, group, pair.conn_id, key, fetch_offset, p.high_watermark, pair.request_ts_ns,
+                            pair.response_ts_ns, request.max_wait_ms, not p.batches)
+        for topic_key, fetch_offset in (pair.fetch_offsets or {}).items():
+            if topic_key in seen:
+                continue  # an incremental response leaves out partitions with nothing new: still fetched
+            t = topic_key[0]
+            key = self.partition_key(endpoint, t if isinstance(t, str) else None,
+                                     t if isinstance(t, bytes) else None, topic_key[1])
+            if key is not None:
+                lag.fetched(instance, group, pair.conn_id, key, fetch_offset, -1, pair.request_ts_ns,
+                            pair.response_ts_ns, request.max_wait_ms, True)
+
+    def _track_commit(self, pair: KafkaPair, pid: int) -> None:
+        request = pair.request
+        if request is None or not request.group_id:
+            return
+        failed = set()
+        if pair.response is not None:
+            failed = {(p.topic_id or p.topic, p.partition) for p in pair.response.partitions if p.error_code}
+        endpoint = self.endpoint(pair.conn_id)
+        for p in request.partitions:
+            if (p.topic_id or p.topic, p.partition) in failed or p.offset < 0:
+                continue
+            key = self.partition_key(endpoint, p.topic, p.topic_id, p.partition)
+            if key is not None:
+                self.lag.committed_offset(request.group_id, key, p.offset, pair.request_ts_ns,
+                                          Instance(pid, pair.client_id))
 
     def _observe_group(self, pair: KafkaPair, pid: int) -> None:
         request = pair.request

@@ -140,13 +140,14 @@ def decode_offset_commit_request(buf, pos: int, version: int) -> OffsetCommitReq
         topic, topic_id, pos = read_topic(buf, pos, ids, flex)
         m, pos = rd_len(buf, pos)
         for _ in range(m):
+            index, offset = _iq(buf, pos)  # partition index, committed offset
+            pos += 12
             epoch = -1
             if version >= 6:
-                index, epoch, offset = _iiq(buf, pos)
-                pos += 16
-            else:
-                index, offset = _iq(buf, pos)
-                pos += 12
+                (epoch,) = _i32(buf, pos)  # committed leader epoch
+                pos += 4
+            elif version == 1:
+                pos += 8  # commit timestamp
             metadata, pos = rd_str(buf, pos)
             pos = skip_tags(buf, pos, flex)
             parts.append(TopicPartitionOffset(topic, topic_id, index, offset, -1, epoch, 0, metadata))

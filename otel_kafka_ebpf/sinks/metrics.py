@@ -1,0 +1,295 @@
+"""Lag and latency as OTLP metrics, consumer status changes as OTLP log records.
+
+Every message counts (metrics are complete, spans are sampled): a batch of N messages is one
+aggregation step of weight N, never N calls. Histograms and counters are cumulative from the agent's
+start; lag, position and status are gauges read fresh from the lag tracker at every export. Series
+are per consumer or producer process (its resource) and the attributes below; at most
+`MAX_SERIES` per metric, the rest folded into one series marked `otel.metric.overflow`.
+
+  otel_kafka_ebpf.message.latency      histogram, s   producer's request written (or the records'
+                                        CreateTime/LogAppendTime) -> consumer's Fetch response read
+  messaging.client.operation.duration  histogram, s   send: Produce request written -> response read;
+                                        receive: Fetch request -> response, `otel_kafka_ebpf.fetch.result`
+                                        records|empty (an empty fetch waited out the broker's long poll)
+  messaging.client.sent.messages       counter        messages in produced batches
+  messaging.client.consumed.messages   counter        messages delivered to consumers
+  messaging.kafka.consumer.lag         gauge          high watermark - position, per instance and partition
+  otel_kafka_ebpf.consumer.lag.seconds gauge, s       age of the oldest message not yet consumed
+  otel_kafka_ebpf.consumer.status      gauge          0 OK, 1 WARN, 2 STALL, 3 STOP
+  otel_kafka_ebpf.consumer.position / .committed_offset, otel_kafka_ebpf.partition.high_watermark
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter, deque
+from collections.abc import Iterable
+
+from ..capture.streams import ConnectionOpened
+from ..correlate.batches import Correlator, DeliveredBatch, ProducedBatch
+from ..correlate.lag import STATUS_CODES, STOP, STALL, WARN, StatusChange
+from ..correlate.offsets import SOURCE_NAMES
+from ..kafka.connection import KafkaPair
+from ..kafka.errors import error_name
+from ..kafka.versions import FETCH
+from . import otlp_wire as wire
+from .resources import SCHEMA_URL, SCOPE, ResourceCatalog
+
+MAX_SERIES = 2000
+LATENCY_BOUNDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0,
+                  300.0, 600.0, 1800.0, 3600.0)
+DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+SETTLE_NS = 300_000_000  # a delivered batch waits this long for its producer's Produce response (same node)
+
+STATUS_EVENT = "otel_kafka_ebpf.consumer.status"
+_SEVERITY = {STOP: (wire.SEVERITY_ERROR, "ERROR"), STALL: (wire.SEVERITY_ERROR, "ERROR"),
+             WARN: (wire.SEVERITY_WARN, "WARN")}
+_OVERFLOW = (("otel.metric.overflow", True),)
+
+
+class Histogram:
+    __slots__ = ("bounds", "series")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.series: dict[tuple, list] = {}  # key -> [bucket counts, count, sum, min, max]
+
+    def record(self, key: tuple, value: float, weight: int = 1) -> None:
+        s = self.series.get(key)
+        if s is None:
+            if len(self.series) >= MAX_SERIES:
+                key = (key[0], _OVERFLOW)
+                s = self.series.get(key)
+            if s is None:
+                s = self.series[key] = [[0] * (len(self.bounds) + 1), 0, 0.0, value, value]
+        s[0][bisect_left(self.bounds, value)] += weight
+        s[1] += weight
+        s[2] += value * weight
+        if value < s[3]:
+            s[3] = value
+        if value > s[4]:
+            s[4] = value
+
+
+class Sum:
+    __slots__ = ("series",)
+
+    def __init__(self) -> None:
+        self.series: Counter = Counter()
+
+    def add(self, key: tuple, n: int) -> None:
+        series = self.series
+        if key not in series and len(series) >= MAX_SERIES:
+            key = (key[0], _OVERFLOW)
+        series[key] += n
+
+
+class LagMetricsSink:
+    """The pipeline's metrics and status-log output. `tick` evaluates statuses every call and exports
+    metrics every interval."""
+
+    def __init__(self, correlator: Correlator, resources: ResourceCatalog, exporter, *, interval_ns: int,
+                 start_ns: int, opened: dict[int, ConnectionOpened]) -> None:
+        self.correlator = correlator
+        self.tracker = correlator.lag
+        self.resources = resources
+        self.exporter = exporter
+        self.interval_ns = interval_ns
+        self.start_ns = start_ns
+        self.opened = opened
+        self._next = start_ns + interval_ns
+        self.latency = Histogram(LATENCY_BOUNDS)
+        self.duration = Histogram(DURATION_BOUNDS)
+        self.sent = Sum()
+        self.consumed = Sum()
+        self.stats: Counter = Counter()
+        self._settling: deque[tuple[int, DeliveredBatch]] = deque()
+        self._logs: list[tuple[int, bytes]] = []
+        self.changes: deque[StatusChange] = deque(maxlen=1000)  # recent status changes, for `top`
+
+    def restart(self, start_ns: int) -> None:
+        self.start_ns = start_ns
+        self._next = start_ns + self.interval_ns
+
+    # --- inputs ------------------------------------------------------------------------------------
+
+    def pair(self, pair: KafkaPair, conn: ConnectionOpened | None) -> None:
+        if pair.api_key != FETCH or conn is None or pair.response is None or pair.response_ts_ns is None:
+            return
+        if pair.request is None or pair.request.replica_id >= 0:
+            return
+        records = any(p.batches for p in pair.response.partitions)
+        attrs = (("messaging.system", "kafka"), ("messaging.operation.name", "poll"),
+                 ("messaging.operation.type", "receive"), ("otel_kafka_ebpf.fetch.result",
+                                                           "records" if records else "empty"))
+        self.duration.record((conn.pid, attrs), (pair.response_ts_ns - pair.request_ts_ns) / 1e9)
+
+    def batches(self, batches: Iterable, now_ns: int) -> None:
+        for b in batches:
+            if type(b) is ProducedBatch:
+                self._produced(b)
+            else:
+                self._settling.append((b.end_ns + SETTLE_NS, b))
+
+    def _produced(self, b: ProducedBatch) -> None:
+        error = error_name(b.error_code) if b.error_code else None
+        topic = b.topic_name
+        attrs = (("messaging.system", "kafka"), ("messaging.operation.name", "send"),
+                 ("messaging.destination.name", topic), ("error.type", error))
+        self.sent.add((b.pid, attrs), b.record_count)
+        if b.end_ns is not None:
+            server = b.server
+            dattrs = (("messaging.system", "kafka"), ("messaging.operation.name", "send"),
+                      ("messaging.operation.type", "send"), ("messaging.destination.name", topic),
+                      ("server.address", server.addr if server else None),
+                      ("server.port", server.port if server else None), ("error.type", error))
+            self.duration.record((b.pid, dattrs), (b.end_ns - b.start_ns) / 1e9)
+
+    def _delivered(self, b: DeliveredBatch) -> None:
+        topic = b.topic_name
+        self.consumed.add((b.pid, (("messaging.system", "kafka"), ("messaging.operation.name", "poll"),
+                                   ("messaging.destination.name", topic),
+                                   ("messaging.consumer.group.name", b.group))), b.record_count)
+        key = self.correlator.partition_key(b.server, b.topic, b.topic_id, b.partition)
+        if key is None:
+            self.stats["latency_topic_unknown"] += 1
+            return
+        first = b.base_offset if b.fetch_offset is None else max(b.base_offset, b.fetch_offset)
+        produced = self.tracker.index.lookup(key, first)
+        if produced is None or not produced.exact:
+            self.stats["latency_produce_time_unknown"] += b.record_count
+            return
+        attrs = (("messaging.system", "kafka"), ("messaging.destination.name", topic),
+                 ("messaging.consumer.group.name", b.group),
+                 ("otel_kafka_ebpf.latency.source", SOURCE_NAMES[produced.source]))
+        self.latency.record((b.pid, attrs), max(0.0, (b.end_ns - produced.time_ns) / 1e9), b.record_count)
+
+    # --- time --------------------------------------------------------------------------------------
+
+    def tick(self, now_ns: int) -> None:
+        settling = self._settling
+        while settling and settling[0][0] <= now_ns:
+            self._delivered(settling.popleft()[1])
+        for change in self.tracker.evaluate(now_ns):
+            self.changes.append(change)
+            self._logs.append((change.position.instance.pid, self._status_record(change)))
+        if self._logs:  # status changes go out at once, not at the next metric export
+            self._export_logs()
+        if now_ns >= self._next:
+            self._next = now_ns + self.interval_ns
+            self.export(now_ns)
+
+    def close(self) -> None:
+        while self._settling:
+            self._delivered(self._settling.popleft()[1])
+
+    # --- output ------------------------------------------------------------------------------------
+
+    def _status_record(self, c: StatusChange) -> bytes:
+        p = c.position
+        severity, text = _SEVERITY.get(c.status, (wire.SEVERITY_INFO, "INFO"))
+        attrs = self._position_attrs(p) + (
+            ("otel_kafka_ebpf.consumer.status", c.status), ("otel_kafka_ebpf.consumer.previous_status", c.previous),
+            ("messaging.kafka.consumer.lag", c.lag))
+        body = (f"consumer {p.instance.client_id or '?'} (group {p.group or '-'}) on {p.partition.topic}"
+                f"[{p.partition.partition}]: {c.previous} -> {c.status}" + (f": {c.reason}" if c.reason else "")
+                + f"; lag {c.lag} messages")
+        return wire.log_record(c.ts_ns, severity, text, body, wire.attributes(6, attrs), STATUS_EVENT)
+
+    def _export_logs(self) -> None:
+        by_pid: dict[int, list[bytes]] = {}
+        for pid, record in self._logs:
+            by_pid.setdefault(pid, []).append(record)
+        n = len(self._logs)
+        self._logs = []
+        payload = wire.export_logs_request((self.resources.encoded(pid), SCOPE, records)
+                                           for pid, records in by_pid.items())
+        self.exporter.submit("logs", payload, n)
+
+    @staticmethod
+    def _position_attrs(p) -> tuple:
+        return (("messaging.system", "kafka"), ("messaging.destination.name", p.partition.topic),
+                ("messaging.destination.partition.id", str(p.partition.partition)),
+                ("messaging.consumer.group.name", p.group), ("messaging.client.id", p.instance.client_id))
+
+    def export(self, now_ns: int) -> None:
+        start = self.start_ns
+        by_pid: dict[int, list[bytes]] = {}
+        points = 0
+
+        def emit(name: str, description: str, unit: str, per_pid: dict[int, list[bytes]], kind: str,
+                 monotonic: bool = True) -> None:
+            nonlocal points
+            for pid, pts in per_pid.items():
+                points += len(pts)
+                if kind == "gauge":
+                    body = wire.metric(name, description, unit, gauge_body=wire.gauge(pts))
+                elif kind == "sum":
+                    body = wire.metric(name, description, unit, sum_body=wire.sum_(pts, monotonic))
+                else:
+                    body = wire.metric(name, description, unit, histogram_body=wire.histogram(pts))
+                by_pid.setdefault(pid, []).append(body)
+
+        def histogram_points(h: Histogram) -> dict[int, list[bytes]]:
+            out: dict[int, list[bytes]] = {}
+            for (pid, attrs), (buckets, count, total, lo, hi) in h.series.items():
+                out.setdefault(pid, []).append(wire.histogram_point(
+                    wire.point_attributes(attrs, 9), start, now_ns, count, total, buckets, h.bounds, lo, hi))
+            return out
+
+        def sum_points(s: Sum) -> dict[int, list[bytes]]:
+            out: dict[int, list[bytes]] = {}
+            for (pid, attrs), n in s.series.items():
+                out.setdefault(pid, []).append(wire.number_point(wire.point_attributes(attrs, 7), start, now_ns, n))
+            return out
+
+        emit("otel_kafka_ebpf.message.latency", "producer to consumer: the producer's request written (or the "
+             "records' timestamp) to the consumer's Fetch response read", "s", histogram_points(self.latency),
+             "histogram")
+        emit("messaging.client.operation.duration", "Produce and Fetch round trips", "s",
+             histogram_points(self.duration), "histogram")
+        emit("messaging.client.sent.messages", "messages produced", "{message}", sum_points(self.sent), "sum")
+        emit("messaging.client.consumed.messages", "messages delivered to consumers", "{message}",
+             sum_points(self.consumed), "sum")
+        lag: dict[int, list[bytes]] = {}
+        lag_s: dict[int, list[bytes]] = {}
+        status: dict[int, list[bytes]] = {}
+        position: dict[int, list[bytes]] = {}
+        committed: dict[int, list[bytes]] = {}
+        for m in self.tracker.measures(now_ns):
+            p = m.position
+            pid = p.instance.pid
+            attrs = wire.point_attributes(self._position_attrs(p), 7)
+            if m.lag >= 0:
+                lag.setdefault(pid, []).append(wire.number_point(attrs, start, now_ns, m.lag))
+            if m.lag_seconds is not None:
+                lag_s.setdefault(pid, []).append(wire.number_point(attrs, start, now_ns, float(m.lag_seconds)))
+            status.setdefault(pid, []).append(wire.number_point(attrs, start, now_ns, STATUS_CODES[p.status]))
+            position.setdefault(pid, []).append(wire.number_point(attrs, start, now_ns, p.position))
+            if p.committed >= 0:
+                committed.setdefault(pid, []).append(wire.number_point(attrs, start, now_ns, p.committed))
+        emit("messaging.kafka.consumer.lag", "high watermark minus the consumer's position", "{message}", lag,
+             "gauge")
+        emit("otel_kafka_ebpf.consumer.lag.seconds", "age of the oldest message the consumer has not consumed "
+             "(a lower bound where that offset's history was evicted)", "s", lag_s, "gauge")
+        emit("otel_kafka_ebpf.consumer.status", "0 OK, 1 WARN, 2 STALL, 3 STOP", "1", status, "gauge")
+        emit("otel_kafka_ebpf.consumer.position", "the next offset the consumer fetches", "{offset}", position,
+             "gauge")
+        emit("otel_kafka_ebpf.consumer.committed_offset", "the consumer's last committed offset", "{offset}",
+             committed, "gauge")
+        hw_points = []
+        for key, st in self.tracker.partitions.items():
+            if st.high_watermark >= 0:
+                attrs = (("messaging.system", "kafka"), ("messaging.destination.name", key.topic),
+                         ("messaging.destination.partition.id", str(key.partition)),
+                         ("otel_kafka_ebpf.cluster.id", key.cluster))
+                hw_points.append(wire.number_point(wire.point_attributes(attrs, 7), start, now_ns, st.high_watermark))
+        groups = [(self.resources.encoded(pid), SCOPE, metrics) for pid, metrics in by_pid.items()]
+        if hw_points:
+            groups.append((self.resources.agent, SCOPE, [wire.metric(
+                "otel_kafka_ebpf.partition.high_watermark", "the partition's high watermark last seen", "{offset}",
+                gauge_body=wire.gauge(hw_points))]))
+            points += len(hw_points)
+        if not groups:
+            return
+        self.exporter.submit("metrics", wire.export_metrics_request(groups, SCHEMA_URL), points)

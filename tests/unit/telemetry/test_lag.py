@@ -1,0 +1,180 @@
+"""Lag state and consumer status: the tracker's rules on timelines, and the recorded vectors against truth."""
+
+from __future__ import annotations
+
+import pytest
+
+from otel_kafka_ebpf.agent import Agent
+from otel_kafka_ebpf.config import load_config
+from otel_kafka_ebpf.correlate.lag import OK, STALL, STOP, WARN, Instance, LagTracker, PartitionKey
+from otel_kafka_ebpf.correlate.offsets import CREATE_TIME, OBSERVED, OffsetIndex
+from tests.testbed.otlp import InMemoryTransport
+from tests.unit.kafka import vectors
+
+MS = 1_000_000
+S = 1_000_000_000
+KEY = PartitionKey("c1", "orders", 0)
+ME = Instance(100, "billing-1")
+
+
+def statuses(tracker: LagTracker, now: int) -> str:
+    tracker.evaluate(now)
+    return tracker.positions[(ME, KEY)].status
+
+
+class Timeline:
+    """A producer writing one message every `every` ns and a consumer fetching each at once."""
+
+    def __init__(self, every: int = 10 * MS, max_wait_ms: int = 500) -> None:
+        self.t = 1_000 * S
+        self.every = every
+        self.max_wait_ms = max_wait_ms
+        self.hw = 0
+        self.pos = 0
+        self.tracker = LagTracker()
+
+    def produce(self, n: int = 1) -> None:
+        self.tracker.produced(KEY, self.hw, n, self.t)
+        self.hw += n
+
+    def fetch(self, advance: bool = True) -> None:
+        self.tracker.fetched(ME, "g", 7, KEY, self.pos, self.hw, self.t, self.t + MS, self.max_wait_ms,
+                             empty=self.pos >= self.hw)
+        if advance:
+            self.pos = self.hw
+
+    def step(self, fetch: bool = True, advance: bool = True, produce: bool = True) -> str:
+        self.t += self.every
+        if produce:
+            self.produce()
+        if fetch:
+            self.fetch(advance)
+        return statuses(self.tracker, self.t + 2 * MS)
+
+
+def test_a_healthy_consumer_stays_ok():
+    tl = Timeline()
+    assert {tl.step() for _ in range(1000)} == {OK}
+
+
+def test_a_stopped_consumer_is_stop_within_a_second_and_ok_again_when_it_catches_up():
+    tl = Timeline()
+    for _ in range(100):
+        tl.step()
+    stopped_at = tl.t
+    seen = []
+    while tl.t - stopped_at < 3 * S:
+        seen.append((tl.t - stopped_at, tl.step(fetch=False)))
+    first_stop = next(dt for dt, s in seen if s == STOP)
+    assert first_stop <= 1 * S and all(s in (OK, STOP) for _, s in seen)
+    m = tl.tracker.measure(tl.tracker.positions[(ME, KEY)], tl.t)
+    # the position is the last fetch's offset: what that fetch delivered still counts until the next one
+    assert m.lag == tl.hw - tl.pos + 1 > 250 and 2.9 < m.lag_seconds < 3.1  # the oldest waiting message's age
+    tl.fetch()  # resumes and takes everything
+    tl.t += tl.every
+    tl.fetch()
+    assert statuses(tl.tracker, tl.t + 2 * MS) == OK
+
+
+def test_a_consumer_that_fetches_without_moving_is_stall():
+    tl = Timeline()
+    for _ in range(100):
+        tl.step()
+    seen = [tl.step(advance=False) for _ in range(100)]  # 1 s of fetches at the same position
+    assert STALL in seen and STOP not in seen
+    assert seen.index(STALL) * tl.every <= 1 * S
+
+
+def test_lag_growing_over_the_window_is_warn():
+    tl = Timeline(every=100 * MS)
+    for _ in range(20):
+        tl.step()
+    seen = []
+    for i in range(100):  # it takes one message per fetch while two arrive
+        tl.t += tl.every
+        tl.produce(2)
+        tl.fetch(advance=False)
+        tl.pos += 1
+        seen.append(statuses(tl.tracker, tl.t + 2 * MS))
+    assert WARN in seen and STALL not in seen and STOP not in seen
+
+
+def test_caught_up_consumers_long_poll_without_being_stopped():
+    tl = Timeline(every=5 * S, max_wait_ms=5000)  # franz-go waits 5 s for data by default
+    tl.fetch()
+    for _ in range(5):
+        # an empty fetch sent at once after the last response, answered when max_wait ran out
+        tl.tracker.fetched(ME, "g", 7, KEY, tl.pos, tl.hw, tl.t + 2 * MS, tl.t + 5 * S, 5000, empty=True)
+        tl.t += 5 * S
+        for dt in (0, 1 * S, 3 * S, 5 * S):
+            assert statuses(tl.tracker, tl.t + dt) == OK
+    assert statuses(tl.tracker, tl.t + 5 * S + tl.tracker.grace_ns + 10 * MS) == STOP
+
+
+def test_rebalanced_away_and_connection_closed_are_stop_then_forgotten():
+    tl = Timeline()
+    for _ in range(10):
+        tl.step()
+    other = Instance(200, "billing-2")
+    tl.tracker.fetched(other, "g", 8, KEY, tl.pos, tl.hw, tl.t + MS, tl.t + 2 * MS, 500, True)
+    assert statuses(tl.tracker, tl.t + 3 * MS) == STOP
+    assert tl.tracker.positions[(other, KEY)].status == OK
+    tl.tracker.connection_closed(8, tl.t + 4 * MS)
+    tl.tracker.evaluate(tl.t + 5 * MS)
+    assert tl.tracker.positions[(other, KEY)].status == STOP
+    tl.tracker.evaluate(tl.t + 61 * S)
+    assert not tl.tracker.positions
+
+
+def test_offset_index_prefers_observed_writes_and_bounds_what_it_forgot():
+    index = OffsetIndex(max_entries=100, max_per_partition=40)
+    for i in range(60):
+        index.add(KEY, i * 10, i * 10 + 9, (i + 1) * S, CREATE_TIME)
+    index.add(KEY, 590, 599, 123, OBSERVED)
+    assert index.lookup(KEY, 595) == (123, OBSERVED, True)
+    assert len(index) <= 40 and index.evicted >= 20
+    evicted = index.lookup(KEY, 5)  # evicted: the next known range was produced later
+    assert evicted is not None and not evicted.exact and evicted.time_ns > 1 * S
+    assert index.lookup(KEY, 10_000) is None
+
+
+def replay(name: str) -> tuple[Agent, InMemoryTransport]:
+    transport = InMemoryTransport()
+    agent = Agent(load_config(None, None, environ={}), live=False, transport=transport)
+    agent.run(vectors.events(name))
+    agent.close()
+    return agent, transport
+
+
+def healthy_vectors():
+    return vectors.names(lambda n, e: e["client"] != "console-share" and "acks0" not in n)
+
+
+@pytest.mark.parametrize("name", healthy_vectors())
+def test_vectors_positions_commits_and_latency_against_truth(name):
+    gt = vectors.truth(name)
+    agent, transport = replay(name)
+    tracker = agent.pipeline.correlator.lag
+    consumers = {(i.client_id, k.partition): p for (i, k), p in tracker.positions.items()}
+    expected_end = {}
+    for c in gt.consumed:
+        expected_end[(c.client_id, c.partition)] = max(expected_end.get((c.client_id, c.partition), 0), c.offset + 1)
+    for (client_id, partition), end in expected_end.items():
+        p = consumers[(client_id, partition)]
+        m = tracker.measure(p, agent.pipeline.now_ns)
+        # transactions: the commit marker after the last message takes an offset too
+        assert m.lag == 0 and (p.position == end or ("-tx" in name and p.position == end + 1)), (p.position, end)
+        assert p.group == gt.consumed[0].group
+    # a healthy run: nobody stalls or lags behind more and more; STOP only when the consumer leaves
+    changes = [(c.previous, c.status) for c in agent.metrics.changes]
+    assert all(status in (OK, STOP) for _, status in changes), changes
+    latency = agent.metrics.latency.series
+    assert sum(s[1] for s in latency.values()) == len(gt.consumed)
+    assert {dict(attrs)["otel_kafka_ebpf.latency.source"] for _, attrs in latency} == {"produce_request"}
+    truth = [c.consume_ns - p.send_ns for c in gt.consumed for p in gt.produced
+             if (p.partition, p.offset) == (c.partition, c.offset)]
+    lo, hi = min(s[3] for s in latency.values()), max(s[4] for s in latency.values())
+    assert 0 <= lo and hi * 1e9 <= max(truth) + 1e6  # captured between the clients' own send and consume
+    sent = sum(n for (_, attrs), n in agent.metrics.sent.series.items())
+    assert sent == len(gt.produced)
+    assert transport.metrics()
