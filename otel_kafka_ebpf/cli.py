@@ -257,6 +257,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _paced(events, speed: float):
+    """A recording's events at `speed` times the pace they were captured at."""
+    import time
+
+    t0 = first = None
+    for event in events:
+        if first is None:
+            first, t0 = event.ts_ns, time.monotonic()
+        ahead = (event.ts_ns - first) / 1e9 / speed - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+        yield event
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from .agent import Agent
+    from .sinks.top import TopView
+
+    cfg = _load(args)
+    cfg.exporter.type = "none"
+    if args.replay:
+        from .capture.recording import read_header, read_recording
+
+        read_header(args.replay)
+        agent = Agent(cfg, live=False)
+        view = TopView(agent.metrics, agent.resources, sys.stdout, clear=sys.stdout.isatty() and not args.once,
+                       refresh_ns=None if args.once else 1_000_000_000)
+        agent.pipeline.add_sink(view)
+        events = read_recording(args.replay)
+        try:
+            agent.run(events if args.once else _paced(events, args.speed))
+        finally:
+            agent.close(timeout_s=0.5)
+        if args.once:
+            sys.stdout.write(view.render(agent.pipeline.now_ns))
+        return EXIT_OK
+    live = _live(args, cfg)
+    agent = Agent(cfg, live=True, capture_counters=live.current_counters)
+    agent.pipeline.add_sink(TopView(agent.metrics, agent.resources, sys.stdout, clear=sys.stdout.isatty()))
+    live.on_poll = agent.pipeline.tick
+    try:
+        with _stop_on_signals(live):
+            agent.run(iter(live))
+    finally:
+        agent.close(timeout_s=0.5)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .sinks.pairs import add_trace_arguments
 
@@ -287,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_capture_arguments(p)
     add_trace_arguments(p)
     p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("top", help="live table of consumers (lag, rates, latency, status) and producers")
+    _add_capture_arguments(p)
+    p.add_argument("--replay", metavar="FILE", help="show a recording instead of live traffic")
+    p.add_argument("--speed", type=float, default=1.0, help="--replay: how many times faster than captured")
+    p.add_argument("--once", action="store_true", help="--replay: print only the table at the end")
+    p.set_defaults(func=cmd_top)
 
     p = sub.add_parser("run", help="the node agent: export spans and metrics over OTLP")
     _add_capture_arguments(p)

@@ -47,6 +47,18 @@ _SEVERITY = {STOP: (wire.SEVERITY_ERROR, "ERROR"), STALL: (wire.SEVERITY_ERROR, 
 _OVERFLOW = (("otel.metric.overflow", True),)
 
 
+def batch_latency(correlator: Correlator, b: DeliveredBatch) -> tuple[float, str] | None:
+    """Producer to consumer for a delivered batch: (seconds, how the produce time is known), or None."""
+    key = correlator.partition_key(b.server, b.topic, b.topic_id, b.partition)
+    if key is None:
+        return None
+    first = b.base_offset if b.fetch_offset is None else max(b.base_offset, b.fetch_offset)
+    produced = correlator.lag.index.lookup(key, first)
+    if produced is None or not produced.exact:
+        return None
+    return max(0.0, (b.end_ns - produced.time_ns) / 1e9), SOURCE_NAMES[produced.source]
+
+
 class Histogram:
     __slots__ = ("bounds", "series")
 
@@ -105,7 +117,8 @@ class LagMetricsSink:
         self.stats: Counter = Counter()
         self._settling: deque[tuple[int, DeliveredBatch]] = deque()
         self._logs: list[tuple[int, bytes]] = []
-        self.changes: deque[StatusChange] = deque(maxlen=1000)  # recent status changes, for `top`
+        self.changes: deque[StatusChange] = deque(maxlen=1000)  # recent status changes
+        self.listeners: list = []  # called with (delivered batch, latency s | None) once it settled (`top`)
 
     def restart(self, start_ns: int) -> None:
         self.start_ns = start_ns
@@ -150,19 +163,16 @@ class LagMetricsSink:
         self.consumed.add((b.pid, (("messaging.system", "kafka"), ("messaging.operation.name", "poll"),
                                    ("messaging.destination.name", topic),
                                    ("messaging.consumer.group.name", b.group))), b.record_count)
-        key = self.correlator.partition_key(b.server, b.topic, b.topic_id, b.partition)
-        if key is None:
-            self.stats["latency_topic_unknown"] += 1
-            return
-        first = b.base_offset if b.fetch_offset is None else max(b.base_offset, b.fetch_offset)
-        produced = self.tracker.index.lookup(key, first)
-        if produced is None or not produced.exact:
+        latency = batch_latency(self.correlator, b)
+        for listener in self.listeners:
+            listener(b, latency[0] if latency else None)
+        if latency is None:
             self.stats["latency_produce_time_unknown"] += b.record_count
             return
+        seconds, source = latency
         attrs = (("messaging.system", "kafka"), ("messaging.destination.name", topic),
-                 ("messaging.consumer.group.name", b.group),
-                 ("otel_kafka_ebpf.latency.source", SOURCE_NAMES[produced.source]))
-        self.latency.record((b.pid, attrs), max(0.0, (b.end_ns - produced.time_ns) / 1e9), b.record_count)
+                 ("messaging.consumer.group.name", b.group), ("otel_kafka_ebpf.latency.source", source))
+        self.latency.record((b.pid, attrs), seconds, b.record_count)
 
     # --- time --------------------------------------------------------------------------------------
 

@@ -42,6 +42,9 @@ class ResourceCatalog:
         attrs[PROCESS_PID] = pid
         return attrs
 
+    def service_name(self, pid: int) -> str:
+        return self._identity(pid, None).service_name
+
     def encoded(self, pid: int, comm: str | None = None) -> bytes:
         """The encoded Resource of a process (read from /proc at first sight if nobody did before)."""
         key = (pid, self._identity(pid, comm).start_time)

@@ -178,3 +178,17 @@ def test_vectors_positions_commits_and_latency_against_truth(name):
     sent = sum(n for (_, attrs), n in agent.metrics.sent.series.items())
     assert sent == len(gt.produced)
     assert transport.metrics()
+
+
+def test_top_from_a_recording_shows_each_consumer_and_producer(capsys):
+    from otel_kafka_ebpf.cli import main
+
+    name = "go-live-6p"
+    gt = vectors.truth(name)
+    assert main(["top", "--replay", str(vectors.VECTORS / f"{name}.rec.gz"), "--once"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    consumer = next(line for line in out if gt.consumed[0].client_id in line).split()
+    assert consumer[1:6] == [gt.consumed[0].group, gt.consumed[0].client_id, gt.produced[0].topic, "6", "0"]
+    assert consumer[-1] == "OK"
+    producer = next(line for line in out if gt.produced[0].client_id in line).split()
+    assert producer[1:3] == [gt.produced[0].client_id, gt.produced[0].topic]
