@@ -5,6 +5,11 @@ kafka_broker  session scope: a fresh single-node KRaft broker on free ports, or,
 topic         function scope: a newly created topic with a unique name; 1 partition, or N with
               @pytest.mark.parametrize("topic", [N], indirect=True).
 topic_factory function scope: make_topic(partitions=1, prefix=None) -> name, for several topics.
+otel_backends session scope: Jaeger, a Collector running collector-config/agent-gateway.yaml and
+              Prometheus scraping it, all on free ports (tests/testbed/backends.py: OtelBackends);
+              the agent sends to otel_backends.otlp_grpc_endpoint (otel_backends.agent_env()).
+collector_factory function scope: make_collector(config, env=None) -> a started Collector running
+              a collector-config/ pipeline (or a path) on free ports; stopped after the test.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import uuid
 
 import pytest
 
+from tests.testbed.backends import Collector, OtelBackends
 from tests.testbed.kafka import ExternalKafka, KafkaBroker, KafkaTools
 
 
@@ -43,3 +49,23 @@ def topic_factory(kafka_broker, request):
 @pytest.fixture
 def topic(topic_factory, request) -> str:
     return topic_factory(partitions=int(getattr(request, "param", 1)))
+
+
+@pytest.fixture(scope="session")
+def otel_backends() -> OtelBackends:
+    with OtelBackends("agent-gateway.yaml") as backends:
+        yield backends
+
+
+@pytest.fixture
+def collector_factory():
+    started: list[Collector] = []
+
+    def make_collector(config, env=None) -> Collector:
+        collector = Collector(config, env=env)
+        started.append(collector)
+        return collector.start()
+
+    yield make_collector
+    for collector in started:
+        collector.close()
