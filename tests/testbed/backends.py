@@ -76,7 +76,7 @@ def bin_dir() -> Path:
 
 
 def go_command() -> str:
-    go = shutil.which("go") or "/usr/local/go/bin/go"
+    go = os.environ.get("GO") or shutil.which("go") or "/usr/local/go/bin/go"
     if not os.access(go, os.X_OK):
         raise BackendError("Go is needed to build the Collector and Jaeger (/usr/local/go/bin/go)")
     return go
@@ -831,7 +831,7 @@ class OtelBackends:
             f"Jaeger query API:      {self.jaeger.query_url}/api/services  /api/traces?service=NAME  "
             f"/api/dependencies?endTs=MS&lookback=MS  (the UI page is a placeholder: "
             f"the Go module has no UI assets)",
-            f"Prometheus:            {self.prometheus.url if self.prometheus else '-'}/graph",
+            f"Prometheus:            {self.prometheus.url if self.prometheus else '-'}/  (/api/v1/query?query=...)",
             f"Collector exports:     http://{c.prometheus_exporter_address}/metrics (pipeline), "
             f"http://{c.telemetry_address}/metrics (its own), {c.health_url} (health)",
             f"Collector pipeline:    {c.config_file}",
@@ -904,9 +904,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "status":
             state = json.loads(state_file.read_text()) if live else {}
+            healthy = 0
             for name in ("jaeger", "otelcol", "prometheus"):
-                print(f"{name}: " + (f"running (pid {live[name]})" if name in live else "not running"))
-            if len(live) == 3:
+                if name not in live:
+                    print(f"{name}: not running")
+                    continue
+                url = state.get("probes", {}).get(name, "")
+                answers = http_get(url, timeout=2)[0] == 200
+                healthy += answers
+                print(f"{name}: running (pid {live[name]}), {url} " + ("answers" if answers else "DOES NOT ANSWER"))
+            if healthy == 3:
                 print(state.get("describe", ""))
                 return 0
             return 1
@@ -933,8 +940,12 @@ def main(argv: list[str] | None = None) -> int:
         describe = ob.describe()
         state_file.write_text(json.dumps({
             "pids": {"jaeger": ob.jaeger.pid, "otelcol": ob.collector.pid, "prometheus": ob.prometheus.pid},
+            "probes": {"jaeger": f"{ob.jaeger.query_url}/api/services", "otelcol": ob.collector.health_url,
+                       "prometheus": f"{ob.prometheus.url}/-/ready"},
             "describe": describe}, indent=2) + "\n")
-        print(f"backends: up (run directory {run_dir}; `make backends-down` stops them)\n{describe}")
+        down = "make backends-down" + (f" BACKENDS_OTLP_PORT={args.otlp_grpc_port}"
+                                       if args.otlp_grpc_port != 4317 else "")
+        print(f"backends: up (run directory {run_dir}; `{down}` stops them)\n{describe}")
         return 0
     except BackendError as e:
         print(f"backends: {e}", file=sys.stderr)
