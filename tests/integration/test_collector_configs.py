@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -30,7 +31,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from tests.testbed.backends import COLLECTOR_CONFIG_DIR, validate_collector_config, wait_until
+from tests.testbed.backends import (
+    COLLECTOR_CONFIG_DIR,
+    ROOT,
+    port_open,
+    validate_collector_config,
+    wait_until,
+)
+from tests.testbed.kafka import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -232,6 +240,45 @@ def test_collector_restarts_on_the_same_ports(collector_factory):
     sent = send_telemetry(collector.otlp_grpc_address)
     wait_until(lambda: sent.log_body in logged_bodies(collector.export_dir / "logs.jsonl"), timeout=10,
                what="a log record after the restart")
+
+
+def test_otel_backends_collector_down(otel_backends):
+    """The agent's Collector gone for a while: its port closes, then it is back where it was."""
+    address = otel_backends.collector.otlp_grpc_address
+    port = int(address.rsplit(":", 1)[1])
+    with otel_backends.collector_down(kill=True):
+        assert not port_open(port)
+    assert otel_backends.collector.otlp_grpc_address == address
+    sent = send_telemetry(address)
+    assert_trace_in_jaeger(otel_backends.jaeger, sent)
+
+
+def test_backends_command_line(tmp_path):
+    """`make backends-up` / `backends-status` / `backends-down` (python -m tests.testbed.backends)."""
+    ports = {"--otlp-grpc-port": free_port(), "--otlp-http-port": free_port(),
+             "--jaeger-port": free_port(), "--prometheus-port": free_port()}
+
+    def cli(cmd: str) -> subprocess.CompletedProcess:
+        args = [str(a) for kv in ports.items() for a in kv] if cmd == "up" else \
+               ["--otlp-grpc-port", str(ports["--otlp-grpc-port"])]
+        return subprocess.run([sys.executable, "-m", "tests.testbed.backends", cmd, *args,
+                               "--dir", str(tmp_path)], capture_output=True, text=True, timeout=120,
+                              cwd=ROOT)
+    up = cli("up")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{ports['--otlp-grpc-port']}" in up.stdout
+        assert f"http://127.0.0.1:{ports['--jaeger-port']}/api/services" in up.stdout
+        status = cli("status")
+        assert status.returncode == 0 and status.stdout.count("answers") == 3, status.stdout
+        pids = json.loads((tmp_path / "backends.json").read_text())["pids"]
+    finally:
+        down = cli("down")
+    assert down.returncode == 0, down.stderr
+    for pid in pids.values():
+        assert not Path(f"/proc/{pid}").exists() or \
+            Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    assert cli("status").returncode == 1
 
 
 # --------------------------------------------------------------------------- files

@@ -198,7 +198,7 @@ def wait_until(probe: Callable[[], T], timeout: float = 30.0, interval: float = 
         time.sleep(interval)
 
 
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
         return True
     return False
@@ -924,7 +924,7 @@ def main(argv: list[str] | None = None) -> int:
         _cli_down(run_dir)  # a partial set from before
         wanted = {"otlp_grpc": args.otlp_grpc_port, "otlp_http": args.otlp_http_port,
                   "jaeger_ui": args.jaeger_port, "prometheus": args.prometheus_port}
-        busy = [f"{k}={v}" for k, v in wanted.items() if _port_open(v)]
+        busy = [f"{k}={v}" for k, v in wanted.items() if port_open(v)]
         if busy:
             print(f"backends: port(s) in use: {', '.join(busy)}; choose others, e.g. "
                   f"make backends-up BACKENDS_OTLP_PORT=24317 JAEGER_PORT=26686 PROMETHEUS_PORT=29090",
