@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -305,6 +307,24 @@ def _mounts(container: dict) -> dict[str, bool]:
     return {m["mountPath"]: m.get("readOnly", False) for m in container.get("volumeMounts", [])}
 
 
+def _agent_settings(container: dict) -> dict:
+    """The settings `otel-kafka-ebpf settings` reads from the container's environment (downward API
+    fields stood in for), so a manifest's variables are checked against what the agent understands."""
+    stand_ins = {"spec.nodeName": "node-7", "metadata.uid": "0f1e2d3c-0000-4000-8000-000000000001",
+                 "metadata.name": "orders-consumer-5d9f-x2k9p", "metadata.namespace": "shop",
+                 "status.podIP": "10.1.2.3"}
+    env: dict[str, str] = {}
+    for e in container.get("env", []):
+        if "valueFrom" in e:
+            env[e["name"]] = stand_ins[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], e["value"])
+    res = subprocess.run([sys.executable, "-m", "otel_kafka_ebpf.cli", "settings"], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT, env={"PATH": os.environ["PATH"], **env})
+    assert res.returncode == 0, res.stderr
+    return tomllib.loads(res.stdout)
+
+
 def test_daemonset_manifest(tmp_path):
     docs = _k8s("daemonset.yaml")
     assert set(docs) == {"Namespace", "ConfigMap", "DaemonSet"}
@@ -312,8 +332,10 @@ def test_daemonset_manifest(tmp_path):
     assert pod["hostPID"] is True and not pod.get("hostNetwork")
     agent, collector = _containers(docs["DaemonSet"])["agent"], _containers(docs["DaemonSet"])["collector"]
     assert agent["args"] == ["run"]
-    env = {e["name"]: e.get("value") for e in agent["env"]}
-    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://localhost:4317"
+    settings = _agent_settings(agent)
+    assert settings["exporter"]["endpoint"] == "http://localhost:4317"  # the collector container
+    assert settings["agent"]["host_name"] == "node-7"
+    assert settings["agent"]["resource_attributes"] == {"k8s.node.name": "node-7"}
     sec = agent["securityContext"]
     assert not sec["privileged"] and sec["capabilities"]["drop"] == ["ALL"]
     assert set(sec["capabilities"]["add"]) == {"BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"}
@@ -332,11 +354,16 @@ def test_daemonset_manifest(tmp_path):
 def test_sidecar_manifest():
     docs = _k8s("sidecar.yaml")
     pod = docs["Deployment"]["spec"]["template"]["spec"]
-    assert not pod.get("hostPID")
+    assert pod["hostPID"] is True  # the agent names processes by the host pids the kernel reports
     agent = _containers(docs["Deployment"])["otel-kafka-ebpf"]
-    assert set(agent["securityContext"]["capabilities"]["add"]) == {"BPF", "PERFMON"}
+    assert set(agent["securityContext"]["capabilities"]["add"]) == {"BPF", "PERFMON", "SYS_PTRACE",
+                                                                    "DAC_READ_SEARCH"}
     assert _mounts(agent)["/sys/fs/cgroup"] is True and _mounts(agent)["/sys/kernel/btf"] is True
-    assert "OKE_CAPTURE_CGROUP" in agent["args"][0]
+    assert 'export OKE_CAPTURE_CGROUP="$cg"' in agent["args"][0]
+    settings = _agent_settings(agent)
+    assert settings["exporter"]["endpoint"].endswith(".svc.cluster.local:4317")
+    assert settings["agent"]["resource_attributes"]["k8s.pod.name"] == "orders-consumer-5d9f-x2k9p"
+    assert settings["agent"]["service_name"] == "otel-kafka-ebpf"  # the app's name is the app's own
 
 
 @pytest.mark.parametrize("layout", [
