@@ -10,7 +10,8 @@ Binaries (built or installed once by `make backends`, or on first use):
 - ``prometheus``: the Debian package.
 
 Every process gets free ports, a work directory (its config and its log) and is stopped when the
-test process exits, however it exits.
+test process exits, however it exits. Temporary work directories are removed at close() unless
+OKE_KEEP_BACKEND_DIRS=1 (then look for /tmp/oke-backends-*, /tmp/oke-otelcol-*, ...).
 
     with OtelBackends("agent-gateway.yaml") as ob:     # Jaeger, a Collector, Prometheus
         run_agent(env=ob.agent_env())                  # OTEL_EXPORTER_OTLP_ENDPOINT=...
@@ -206,6 +207,10 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 # --------------------------------------------------------------------------- processes
 
+def _keep_dirs() -> bool:
+    return os.environ.get("OKE_KEEP_BACKEND_DIRS", "") not in ("", "0")
+
+
 _live: set["Backend"] = set()
 _live_lock = threading.Lock()
 
@@ -236,7 +241,7 @@ class Backend:
 
     def __init__(self, workdir: str | os.PathLike | None = None, ports: Mapping[str, int] | None = None,
                  daemon: bool = False, startup_timeout: float | None = None):
-        self.keep_dir = workdir is not None
+        self.keep_dir = workdir is not None or _keep_dirs()
         self.workdir: Path | None = Path(workdir).resolve() if workdir is not None else None
         self.ports: dict[str, int] = dict(ports or {})
         self._fixed = set(self.ports)
@@ -748,7 +753,7 @@ class OtelBackends:
                  scrape_interval: str = "1s", ports: Mapping[str, int] | None = None,
                  daemon: bool = False):
         ports = dict(ports or {})
-        self.keep_dir = workdir is not None
+        self.keep_dir = workdir is not None or _keep_dirs()
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="oke-backends-"))
         self.jaeger = Jaeger(workdir=self.workdir / "jaeger", daemon=daemon,
                              ports={"query_http": ports["jaeger_ui"]} if "jaeger_ui" in ports else None)
