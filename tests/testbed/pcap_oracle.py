@@ -136,3 +136,55 @@ def reassemble(pcap: str | os.PathLike, server_port: int) -> dict[tuple[int, int
             buf.extend(b"\0" * (pos + len(data) - len(buf)))
         buf[pos:pos + len(data)] = data
     return streams
+
+
+def wire_events(pcap: str | os.PathLike, server_port: int) -> list:
+    """The capture as the agent's stream events: one StreamData per TCP segment, at the packet's own time.
+
+    Fed to the agent's pipeline (as a recording would be), it gives what the agent would report had it
+    seen the wire instead of the syscalls: the truth for timing tests. Connections are named by the
+    client's port (as the pid, too); segments of connections that began before the capture are left out.
+    """
+    from otel_kafka_ebpf.capture.streams import (
+        ConnectionClosed, ConnectionOpened, Direction, GapReason, Role, StreamData, StreamGap,
+    )
+
+    out = subprocess.run(
+        ["tshark", "-r", str(pcap), "-T", "fields", "-E", "separator=;", "-e", "frame.time_epoch",
+         "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "tcp.seq_raw", "-e", "tcp.flags.syn", "-e", "tcp.flags.fin",
+         "-e", "tcp.payload"],
+        capture_output=True, text=True, check=True).stdout
+    isn: dict[tuple[int, int], int] = {}
+    next_offset: dict[tuple[int, int], int] = {}
+    events = []
+    for line in out.splitlines():
+        when, src, dst, seq, syn, fin, payload = (line.split(";") + [""] * 7)[:7]
+        if not src:
+            continue
+        ts = int(round(float(when) * 1e9))
+        src, dst, seq = int(src), int(dst), int(seq)
+        client = src if dst == server_port else dst
+        if syn in ("1", "True"):
+            isn[(src, dst)] = seq + 1
+            if dst == server_port:
+                events.append(ConnectionOpened(client, ts, client, client, "wire", 0, 0, "127.0.0.1", client,
+                                               "127.0.0.1", server_port, Role.CLIENT))
+            continue
+        if (src, dst) not in isn:
+            continue
+        if payload:
+            data = bytes.fromhex(payload.replace(":", ""))
+            direction = Direction.SEND if dst == server_port else Direction.RECV
+            pos = (seq - isn[(src, dst)]) % (1 << 32)
+            expected = next_offset.get((src, dst), 0)
+            if pos + len(data) <= expected:
+                continue  # a retransmission
+            if pos < expected:
+                data, pos = data[expected - pos:], expected
+            elif pos > expected:  # a segment the capture dropped
+                events.append(StreamGap(client, direction, ts, expected, pos - expected, GapReason.RINGBUF_FULL))
+            events.append(StreamData(client, direction, ts, pos, data))
+            next_offset[(src, dst)] = pos + len(data)
+        if fin in ("1", "True") and dst == server_port:
+            events.append(ConnectionClosed(client, ts))
+    return events

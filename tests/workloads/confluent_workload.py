@@ -136,8 +136,10 @@ def consume(args, truth, counts, want: int, start: dict[int, int] | None) -> Non
     try:
         consumer.subscribe([args.topic])
         while counts["consumed"] < want:
-            msgs = consumer.consume(num_messages=500, timeout=min(0.5, remaining(args)))
+            # the first message as soon as it is there, then whatever else is queued already
+            first = consumer.poll(timeout=min(0.5, remaining(args)))
             consume_ns = time.time_ns()
+            msgs = [] if first is None else [first] + consumer.consume(num_messages=499, timeout=0)
             for msg in msgs:
                 err = msg.error()
                 if err is not None:

@@ -1,0 +1,114 @@
+"""Lag and latency live, against truth: the four clients' own send and consume times, Kafka's own view of
+committed lag, and consumers that stop, die or hang while their producer goes on."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.testbed.agent_cli import AgentCLI
+from tests.testbed.otlp import read_json_lines, spans_of
+from tests.workloads import CLIENTS, Workload
+
+pytestmark = [pytest.mark.integration, pytest.mark.bpf,
+              pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")]
+
+SEND, POLL = 4, 5
+
+
+def run_agent(out, *args: str) -> AgentCLI:
+    return AgentCLI("run", "--exporter", "file", "--file-path", str(out), *args, ready="exporting")
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def _wire_spans(pcap, port: int):
+    """What the agent's pipeline reports from an independent tshark capture of the same traffic."""
+    from otel_kafka_ebpf.agent import Agent
+    from otel_kafka_ebpf.config import load_config
+    from tests.testbed.otlp import InMemoryTransport
+    from tests.testbed.pcap_oracle import wire_events
+
+    transport = InMemoryTransport()
+    agent = Agent(load_config(None, None, environ={}), live=False, transport=transport)
+    agent.run(wire_events(pcap, port))
+    agent.close()
+    return transport.spans()
+
+
+def _latencies(spans, topic: str, edges: dict | None = None) -> dict[tuple[str, int, int], int]:
+    """(consumer client id, partition, base offset) -> the batch's latency: send request written to poll read."""
+    spans = [s for s in spans if s.attributes.get("messaging.destination.name") == topic]
+    sends = {(s.trace_id, s.span_id): s for s in spans if s.kind == SEND}
+    out = {}
+    for poll in (s for s in spans if s.kind == POLL):
+        send = sends.get((poll.trace_id, poll.parent_span_id))
+        if send is not None:
+            key = (poll.attributes["messaging.client.id"], poll.partition, poll.first_offset)
+            out[key] = poll.end_ns - send.start_ns
+            if edges is not None:
+                edges[key] = (send.start_ns, poll.end_ns)
+    return out
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_latency_against_the_wire_to_a_millisecond(kafka_broker, topic_factory, tmp_path, client):
+    """Producer to consumer per message. The histogram measures the wire: the producer's Produce request
+    written to the consumer's Fetch response read (syscall times). Truth is an independent tshark capture
+    of the same traffic (first packet of the request, last packet of the response); the clients' own
+    clocks (a message handed to the producer, the application given it) include their buffering, which
+    is reported and must contain the wire interval."""
+    from tests.testbed.pcap_oracle import LoopbackCapture
+
+    topic = topic_factory(partitions=2)
+    out = tmp_path / "otlp.jsonl"
+    opts = dict(partitions=2, size=100, messages=300, rate=50, linger_ms=0, acks="1", timeout_s=60)
+    with LoopbackCapture(kafka_broker.port, tmp_path / "lo.pcapng") as pcap, \
+            run_agent(out, "--kafka-port", str(kafka_broker.port), "--ports-only"):
+        with Workload(client, kafka_broker.bootstrap, topic, tmp_path / "c.jsonl", mode="consume",
+                      client_id=f"{client}-lat-c", **opts) as consumer:
+            time.sleep(4)  # joined and long-polling
+            with Workload(client, kafka_broker.bootstrap, topic, tmp_path / "p.jsonl", mode="produce",
+                          client_id=f"{client}-lat-p", **opts) as producer:
+                produced = producer.wait()
+            consumed = consumer.wait()
+        time.sleep(1.5)  # the last batches settle and are exported
+    assert pcap.dropped() == 0
+    requests = read_json_lines(out)
+    agent_edges, wire_edges = {}, {}
+    agent = _latencies(spans_of(requests["traces"]), topic, agent_edges)
+    wire = _latencies(_wire_spans(pcap.path, kafka_broker.port), topic, wire_edges)
+
+    sent_at = {(p.partition, p.offset): p.send_ns for p in produced.produced}
+    errors, agent_per_message, app_minus_agent = [], [], []
+    for c in consumed.consumed:
+        key = max((k for k in agent if k[0] == c.client_id and k[1] == c.partition and k[2] <= c.offset),
+                  key=lambda k: k[2])
+        agent_per_message.append(agent[key])
+        errors.append(abs(agent[key] - wire[key]))
+        app_minus_agent.append((c.consume_ns - sent_at[(c.partition, c.offset)]) - agent[key])
+    assert len(errors) == len(produced.produced)
+    send_side = [agent_edges[k][0] - wire_edges[k][0] for k in agent_edges]
+    read_side = [agent_edges[k][1] - wire_edges[k][1] for k in agent_edges]
+    assert p99(errors) <= 1_000_000, (
+        f"{client}: p99 |agent - wire| = {p99(errors) / 1e6:.3f} ms; request written after its first packet: "
+        f"p99 {p99(send_side) / 1e6:.3f} ms; response read after its last packet arrived: p50 "
+        f"{sorted(read_side)[len(read_side) // 2] / 1e6:.3f} ms, p99 {p99(read_side) / 1e6:.3f} ms")
+    # the clients' own times hold the wire interval, plus their buffering (reported, not bounded)
+    assert p99([-x for x in app_minus_agent]) <= 1_000_000
+    print(f"{client}: p99 |agent - wire| {p99(errors) / 1e6:.3f} ms; client buffering (app - wire) "
+          f"p50 {sorted(app_minus_agent)[len(app_minus_agent) // 2] / 1e6:.2f} ms, p99 {p99(app_minus_agent) / 1e6:.2f} ms")
+    # the histogram holds the same observations: every message once, the same sum
+    hist = [p for req in requests["metrics"] for rm in req.resource_metrics for sm in rm.scope_metrics
+            for m in sm.metrics if m.name == "otel_kafka_ebpf.message.latency" for p in m.histogram.data_points
+            if any(a.key == "messaging.destination.name" and a.value.string_value == topic for a in p.attributes)]
+    last = max(hist, key=lambda p: p.time_unix_nano)
+    assert last.count == len(consumed.consumed)
+    assert abs(last.sum - sum(agent_per_message) / 1e9) < 1e-6 * len(agent_per_message)
+    source = {a.value.string_value for a in last.attributes if a.key == "otel_kafka_ebpf.latency.source"}
+    assert source == {"produce_request"}
