@@ -11,8 +11,9 @@ from collections import defaultdict
 import pytest
 
 from tests.testbed.agent_cli import AgentCLI
+from tests.testbed.backends import wait_until
 from tests.testbed.containers import FakeContainer
-from tests.testbed.otlp import spans_in_file
+from tests.testbed.otlp import Span, spans_in_file
 from tests.workloads import CLIENTS, run_workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.bpf,
@@ -25,6 +26,18 @@ PROGRAM_SERVICE = {"java": "workload", "go": "workload", "confluent": "confluent
 
 def run_agent(out, *args: str) -> AgentCLI:
     return AgentCLI("run", "--exporter", "file", "--file-path", str(out), *args, ready="exporting")
+
+
+def jaeger_spans(jaeger, service: str) -> list[Span]:
+    """Every span of every trace Jaeger holds with a span of `service` (the last 10 minutes)."""
+    spans = []
+    for trace in jaeger.traces(service, lookback=600, limit=10_000):
+        for s in trace["spans"]:
+            resource = dict(s["process_tags"], **{"service.name": s["service"]})
+            spans.append(Span(s["trace_id"], s["span_id"], s["parent_span_id"] or "", s["operation"],
+                              {"producer": SEND, "consumer": POLL}.get(s["kind"], 0), s["start_us"] * 1000,
+                              (s["start_us"] + s["duration_us"]) * 1000, s["tags"], resource))
+    return spans
 
 
 def wait_for_spans(path, predicate, timeout_s: float = 20.0):
@@ -41,17 +54,21 @@ def covering(spans, partition: int, offset: int):
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_send_and_poll_spans_of_every_batch_with_resources(kafka_broker, topic_factory, tmp_path, client):
+def test_send_and_poll_spans_of_every_batch_with_resources(otel_backends, kafka_broker, topic_factory, tmp_path,
+                                                           client):
+    """Through a real Collector (collector-config/agent-gateway.yaml) into Jaeger, read back from its query API."""
     topic = topic_factory(partitions=3)
-    out = tmp_path / "otlp.jsonl"
     bootstrap = kafka_broker.bootstrap
     common = dict(messages=150, partitions=3, size=100, linger_ms=5)
+    run = topic[-8:]
+    producer_service = f"{client}-orders-{run}"
     with FakeContainer("docker") as orders_box, FakeContainer("k8s") as billing_box, \
             FakeContainer("docker") as audit_box:
         pod_name = f"{client}-billing-7d9f8b6c5d-x2k9p"
-        with run_agent(out, "--kafka-port", str(kafka_broker.port), "--ports-only"):
+        with AgentCLI("run", "--kafka-port", str(kafka_broker.port), "--ports-only", ready="exporting",
+                      env=otel_backends.agent_env()):
             produced = run_workload(client, bootstrap, topic, tmp_path / "p.jsonl", mode="produce",
-                                    client_id=f"{client}-orders", env={"OTEL_SERVICE_NAME": f"{client}-orders"},
+                                    client_id=f"{client}-orders", env={"OTEL_SERVICE_NAME": producer_service},
                                     preexec_fn=orders_box.enter, **common)
             billing = run_workload(client, bootstrap, topic, tmp_path / "b.jsonl", mode="consume",
                                    group=f"{topic}-billing", client_id=f"{client}-billing",
@@ -60,18 +77,22 @@ def test_send_and_poll_spans_of_every_batch_with_resources(kafka_broker, topic_f
             audit = run_workload(client, bootstrap, topic, tmp_path / "a.jsonl", mode="consume",
                                  group=f"{topic}-audit", client_id=f"{client}-audit", preexec_fn=audit_box.enter,
                                  **common)
-            wanted = len(produced.consumed) + len(billing.consumed) + len(audit.consumed)
-            spans = wait_for_spans(out, lambda s: sum(x.attributes["messaging.batch.message_count"]
-                                                      for x in s if x.kind == POLL) >= wanted
-                                   and sum(x.attributes["messaging.batch.message_count"] for x in s
-                                           if x.kind == SEND) >= len(produced.produced))
+            wanted = len(billing.consumed) + len(audit.consumed)
+
+            def complete():
+                got = jaeger_spans(otel_backends.jaeger, producer_service)
+                polls = sum(x.attributes["messaging.batch.message_count"] for x in got if x.kind == POLL)
+                sends = sum(x.attributes["messaging.batch.message_count"] for x in got if x.kind == SEND)
+                return got if polls >= wanted and sends >= len(produced.produced) else None
+
+            spans = wait_until(complete, timeout=30, what="every batch's spans in Jaeger")
     spans = [s for s in spans if s.attributes.get("messaging.destination.name") == topic]
     sends = [s for s in spans if s.kind == SEND]
     by_id = {(s.trace_id, s.span_id): s for s in sends}
 
     for p in produced.produced:
         (send,) = covering(sends, p.partition, p.offset)
-        assert send.service == f"{client}-orders"
+        assert send.service == producer_service
         assert send.resource["container.id"] == orders_box.container_id
         assert send.resource["process.pid"] == produced.pid
         assert send.attributes["messaging.client.id"] == p.client_id
@@ -95,6 +116,7 @@ def test_send_and_poll_spans_of_every_batch_with_resources(kafka_broker, topic_f
             assert resource["k8s.pod.uid"] == box.pod_uid and resource["k8s.pod.name"] == pod_name
     # no spans for the broker's own traffic, none for anything but these three processes
     assert {s.resource["process.pid"] for s in spans} == {produced.pid, billing.pid, audit.pid}
+    assert {s.resource["host.name"] for s in spans} == {os.uname().nodename}
 
 
 def test_two_agents_on_two_nodes_share_traces_also_after_a_restart(kafka_broker, topic_factory, tmp_path):
@@ -147,3 +169,61 @@ def test_two_agents_on_two_nodes_share_traces_also_after_a_restart(kafka_broker,
             assert send is not None, (phase, p.partition, p.first_offset)
             assert (send.topic, send.partition, send.first_offset) == (p.topic, p.partition, p.first_offset)
     assert consumed.consumed
+
+
+def test_replay_of_the_recording_exports_the_same_spans(kafka_broker, topic_factory, tmp_path):
+    """`run --record` keeps what it captured (and the process identities it read); `replay --exporter file`
+    of that recording gives the same spans, ids, times, attributes and resources included."""
+    topic = topic_factory(partitions=2)
+    live_out, replay_out, recording = tmp_path / "live.jsonl", tmp_path / "replay.jsonl", tmp_path / "cap.okr"
+    with run_agent(live_out, "--kafka-port", str(kafka_broker.port), "--ports-only", "--record", str(recording)):
+        run_workload("go", kafka_broker.bootstrap, topic, tmp_path / "g.jsonl", messages=200, partitions=2,
+                     env={"OTEL_SERVICE_NAME": "replayed"})
+        time.sleep(1.5)
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "otel_kafka_ebpf.cli", "replay", str(recording), "--exporter", "file",
+                        "--file-path", str(replay_out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+    def key(s):
+        return (s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns, s.end_ns,
+                sorted(s.attributes.items()), sorted((k, str(v)) for k, v in s.resource.items()), s.links)
+
+    live = sorted(key(s) for s in spans_in_file(live_out) if s.attributes["messaging.destination.name"] == topic)
+    replayed = sorted(key(s) for s in spans_in_file(replay_out)
+                      if s.attributes["messaging.destination.name"] == topic)
+    assert live and live == replayed
+    assert {dict(k[8])["service.name"] for k in live} == {"replayed"}
+
+
+def test_a_collector_down_for_30_s_costs_counted_drops_not_the_capture(otel_backends, kafka_broker, topic_factory,
+                                                                     tmp_path):
+    """The Collector is killed mid-run for 30 s: the agent keeps capturing, keeps what its queue holds, counts
+    and reports what it dropped (one warning line), and exports again once the Collector is back."""
+    topic = topic_factory(partitions=1)
+    service = f"through-outage-{topic[-8:]}"
+    env = dict(otel_backends.agent_env(), OKE_EXPORTER_MAX_QUEUE_SPANS="40", OTEL_EXPORTER_OTLP_TIMEOUT="2000")
+    from tests.workloads import Workload
+    with AgentCLI("run", "--kafka-port", str(kafka_broker.port), "--ports-only", "--status-interval", "5",
+                  ready="exporting", env=env) as agent:
+        with Workload("go", kafka_broker.bootstrap, topic, tmp_path / "g.jsonl", mode="produce", messages=1500,
+                      rate=40, linger_ms=0, partitions=1, timeout_s=120, env={"OTEL_SERVICE_NAME": service}) as w:
+            time.sleep(3)
+            with otel_backends.collector_down(kill=True):
+                time.sleep(30)
+                assert agent.proc.poll() is None
+            produced = w.wait()
+        after = wait_until(lambda: [t for t in otel_backends.jaeger.traces(service, lookback=600, limit=10_000)
+                                    if t["spans"][0]["start_us"] * 1000 > produced.produced[-1].send_ns - 5e9],
+                           timeout=30, what="spans sent after the Collector came back")
+    assert after
+    err = agent.err
+    warnings = [line for line in err.splitlines() if "cannot export" in line]
+    assert 1 <= len(warnings) <= 2, err  # one line a minute at most
+    assert "again after" in err
+    summary = err.strip().splitlines()[-1]
+    dropped = int(summary.split("dropped ")[1].split()[0])
+    assert dropped > 0, summary  # 30 s of 40 spans/s does not fit a queue of 40
+    in_jaeger = sum(len(t["spans"]) for t in otel_backends.jaeger.traces(service, lookback=600, limit=10_000))
+    assert in_jaeger < len(produced.produced)  # what was dropped is gone, and said so
