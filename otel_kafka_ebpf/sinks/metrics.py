@@ -282,7 +282,7 @@ class LagMetricsSink:
              "gauge")
         emit("otel_kafka_ebpf.consumer.lag.seconds", "age of the oldest message the consumer has not consumed "
              "(a lower bound where that offset's history was evicted)", "s", lag_s, "gauge")
-        emit("otel_kafka_ebpf.consumer.status", "0 OK, 1 WARN, 2 STALL, 3 STOP", "1", status, "gauge")
+        emit("otel_kafka_ebpf.consumer.status", "0 OK, 1 WARN, 2 STALL, 3 STOP", "{status}", status, "gauge")
         emit("otel_kafka_ebpf.consumer.position", "the next offset the consumer fetches", "{offset}", position,
              "gauge")
         emit("otel_kafka_ebpf.consumer.committed_offset", "the consumer's last committed offset", "{offset}",
