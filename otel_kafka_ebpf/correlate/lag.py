@@ -15,7 +15,8 @@ scale:
   STOP   it no longer fetches the partition: its connection or process is gone, another member of
          its group fetches the partition now, or no fetch of it completed within its usual interval
          (at least `grace`) although messages are waiting (or, caught up, beyond its long poll);
-  STALL  it still fetches, messages are waiting, and its position has not moved for `stall`;
+  STALL  it still fetches, messages are waiting, and its position has not moved for `stall`: it fetched
+         the same position again after a fetch that returned records (it does not consume them);
   WARN   it moves, but its lag has grown over the last `window`;
   OK     otherwise.
 Plain data: no I/O, no settings; time comes in with the events.
@@ -37,6 +38,9 @@ STALL_NS = 500_000_000  # messages waiting and no progress for this long, while 
 WINDOW_NS = 5_000_000_000  # lag rising over this window: WARN
 FORGET_NS = 60_000_000_000  # a stopped instance's partition is reported this long, then forgotten
 MAX_POSITIONS = 100_000
+ESTABLISHED = 3  # fetches seen before an instance's own pace sets how late its next fetch may be
+NEW_NS = 5_000_000_000  # and for this long after it is first seen,
+NEW_GRACE_NS = 2_500_000_000  # its next fetch may be this late
 
 
 class PartitionKey(NamedTuple):
@@ -76,6 +80,9 @@ class Position:
     status_ns: int = 0
     gone_ns: int = 0  # when the instance stopped fetching for sure (connection closed, rebalanced away)
     lag_waiting_since_ns: int = 0  # when messages started waiting for it (lag went from 0 to > 0)
+    first_ns: int = 0  # when it was first seen fetching the partition
+    had_records: bool = False  # its latest fetch of the partition returned records
+    refetches: int = 0  # fetches from the same position after one that returned records: not consuming
     gaps: deque = field(default_factory=lambda: deque(maxlen=16))  # recent times from a response to the next fetch
     history: deque = field(default_factory=lambda: deque(maxlen=64))  # (ns, lag) samples, one per fetch
     share: bool = False
@@ -158,7 +165,8 @@ class LagTracker:
                 self.dropped_positions += 1
                 return
             p = self.positions[pk] = Position(instance, key, group, conn_id, fetch_offset, request_ns, response_ns,
-                                              max_wait_ms * 1_000_000, empty, status_ns=response_ns, share=share)
+                                              max_wait_ms * 1_000_000, empty, status_ns=response_ns, share=share,
+                                              first_ns=request_ns, had_records=not empty)
             self._by_partition.setdefault(key, set()).add(instance)
             self._others_lose(instance, group, key, request_ns)
         else:
@@ -167,12 +175,16 @@ class LagTracker:
             if fetch_offset != p.position:
                 p.position = fetch_offset
                 p.moved_ns = request_ns
+                p.refetches = 0
+            elif p.had_records:
+                p.refetches += 1
             if p.gone_ns:  # back: it fetches the partition again
                 p.gone_ns = 0
                 self._others_lose(instance, group, key, request_ns)
             p.fetched_ns = max(p.fetched_ns, response_ns)
             p.max_wait_ns = max_wait_ms * 1_000_000
             p.empty = empty
+            p.had_records = not empty
             p.conn_id = conn_id
             if group:
                 p.group = group
@@ -257,25 +269,28 @@ class LagTracker:
                 instances.discard(pk[0])
         return changes
 
-    def _expected_interval(self, p: Position) -> int:
+    def _expected_interval(self, p: Position, now_ns: int) -> int:
         """How long after a response its next fetch may go out: the grace, or three times the client's usual
-        time between a response and its next request (a slow handler), whichever is longer."""
+        time between a response and its next request (a slow handler), whichever is longer; for an instance
+        too new to know its pace (a JVM warming up on its first backlog), at least `NEW_GRACE_NS`."""
+        late = self.grace_ns
         if p.gaps:
             gaps = sorted(p.gaps)
-            usual = gaps[min(len(gaps) - 1, len(gaps) * 9 // 10)]
-            return max(self.grace_ns, 3 * usual)
-        return self.grace_ns
+            late = max(late, 3 * gaps[min(len(gaps) - 1, len(gaps) * 9 // 10)])
+        if len(p.gaps) < ESTABLISHED or now_ns - p.first_ns < NEW_NS:
+            late = max(late, NEW_GRACE_NS)
+        return late
 
     def _status(self, p: Position, m: Measure, now_ns: int) -> tuple[str, str]:
         if p.gone_ns:
             return STOP, "no longer fetches the partition (connection closed, process gone, or rebalanced away)"
-        late = self._expected_interval(p)
+        late = self._expected_interval(p, now_ns)
         if m.lag > 0:
             waiting_since = max(p.fetched_ns, p.lag_waiting_since_ns)
             if now_ns - waiting_since > late:
                 return STOP, "messages are waiting and it has not fetched them"
-            if now_ns - max(p.moved_ns, p.lag_waiting_since_ns) > max(self.stall_ns, late):
-                return STALL, "it fetches but its position does not move"
+            if p.refetches and now_ns - max(p.moved_ns, p.lag_waiting_since_ns) > max(self.stall_ns, late):
+                return STALL, "it fetches the same position again: its records are not consumed"
             if self._rising(p, now_ns):
                 return WARN, "its lag has grown over the window"
             return OK, ""

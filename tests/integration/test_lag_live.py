@@ -112,3 +112,109 @@ def test_latency_against_the_wire_to_a_millisecond(kafka_broker, topic_factory, 
     assert abs(last.sum - sum(agent_per_message) / 1e9) < 1e-6 * len(agent_per_message)
     source = {a.value.string_value for a in last.attributes if a.key == "otel_kafka_ebpf.latency.source"}
     assert source == {"produce_request"}
+
+
+class StatusWatch:
+    """The Collector's view (collector-config/file-only.yaml): status log records and lag gauges as received."""
+
+    def __init__(self, collector, group: str) -> None:
+        self.dir = collector.export_dir
+        self.group = group
+
+    def records(self) -> list[tuple[int, dict]]:
+        out = []
+        for req in read_json_lines(self.dir / "logs.jsonl")["logs"]:
+            for rl in req.resource_logs:
+                for sl in rl.scope_logs:
+                    for r in sl.log_records:
+                        attrs = {kv.key: kv.value.string_value or kv.value.int_value for kv in r.attributes}
+                        attrs["body"] = r.body.string_value
+                        if attrs.get("messaging.consumer.group.name") == self.group:
+                            out.append((r.time_unix_nano, attrs))
+        return sorted(out, key=lambda x: x[0])
+
+    def first(self, status: str, after_ns: int) -> int | None:
+        """When the agent decided the first change to `status` after `after_ns` (the record's time)."""
+        return next((t for t, a in self.records() if t >= after_ns and a["otel_kafka_ebpf.consumer.status"] == status),
+                    None)
+
+    def gauges(self, name: str) -> list[tuple[int, float]]:
+        """(time, the sum over the group's partitions) of a gauge at each export."""
+        by_time: dict[int, float] = {}
+        for req in read_json_lines(self.dir / "metrics.jsonl")["metrics"]:
+            for rm in req.resource_metrics:
+                for sm in rm.scope_metrics:
+                    for m in sm.metrics:
+                        if m.name != name:
+                            continue
+                        for p in m.gauge.data_points:
+                            if any(a.key == "messaging.consumer.group.name" and a.value.string_value == self.group
+                                   for a in p.attributes):
+                                by_time[p.time_unix_nano] = by_time.get(p.time_unix_nano, 0) + (
+                                    p.as_int if p.HasField("as_int") else p.as_double)
+        return sorted(by_time.items())
+
+
+def wait_for(probe, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.05)
+    return probe()
+
+
+@pytest.mark.parametrize("how", ["sigstop", "sigkill", "hang"])
+def test_a_stopped_consumer_is_reported_within_a_second(kafka_broker, topic_factory, tmp_path, collector_factory, how):
+    """While its producer goes on, a consumer is stopped (SIGSTOP), killed (SIGKILL) or hangs in its handler: the
+    agent says STALL or STOP within 1 s, with lag in messages and seconds growing at each export; SIGCONT'd, it
+    is OK again within 1 s."""
+    import signal
+
+    collector = collector_factory("file-only.yaml")
+    topic = topic_factory(partitions=3)
+    group = f"{topic}-g"
+    watch = StatusWatch(collector, group)
+    opts = dict(partitions=3, size=100, rate=100, linger_ms=0, timeout_s=120)
+    env = dict(collector.agent_env(), OTEL_METRIC_EXPORT_INTERVAL="500")
+    hang = {"hang_after": 2500} if how == "hang" else {}  # 25 s into the run: caught up by then
+    with AgentCLI("run", "--kafka-port", str(kafka_broker.port), "--ports-only", ready="exporting", env=env):
+        started = time.time_ns()
+        with Workload("go", kafka_broker.bootstrap, topic, tmp_path / "p.jsonl", mode="produce", messages=5000,
+                      **opts) as producer, \
+                Workload("java", kafka_broker.bootstrap, topic, tmp_path / "c.jsonl", mode="consume", group=group,
+                         messages=5000, **opts, **hang) as consumer:
+            # joined, consuming and caught up, as the Collector sees it (a JVM on a busy machine takes a while)
+            caught_up = wait_for(lambda: [v for _, v in watch.gauges("messaging.kafka.consumer.lag")[-3:]
+                                          if v < 50][2:], 90)
+            assert caught_up, watch.gauges("messaging.kafka.consumer.lag")
+            steady_ns = time.time_ns()
+            time.sleep(3)  # steady: nothing but OK
+            steady = [f"{(t - started) / 1e9:.3f} s: {a['body']}" for t, a in watch.records() if t >= steady_ns]
+            assert not steady, "\n".join(steady)
+            if how == "hang":
+                # it hangs after its 2500th message; when, the agent's own view of its position says
+                stopped_ns = wait_for(lambda: next((t for t, v in watch.gauges("otel_kafka_ebpf.consumer.position")
+                                                    if v >= 2500), None), 60)
+                stopped_ns = min(stopped_ns, time.time_ns())
+            else:
+                stopped_ns = time.time_ns()
+                os.kill(consumer.pid, signal.SIGSTOP if how == "sigstop" else signal.SIGKILL)
+            reported = wait_for(lambda: watch.first("STOP", stopped_ns) or watch.first("STALL", stopped_ns), 5)
+            seen_at = time.time_ns()
+            assert reported is not None, watch.records()
+            assert reported - stopped_ns <= 1_000_000_000, (reported - stopped_ns) / 1e9
+            assert seen_at - stopped_ns <= 2_500_000_000  # in the Collector's hands soon after
+            time.sleep(3)
+            lag = [v for t, v in watch.gauges("messaging.kafka.consumer.lag") if t > reported]
+            lag_s = [v for t, v in watch.gauges("otel_kafka_ebpf.consumer.lag.seconds") if t > reported]
+            assert len(lag) >= 3 and lag == sorted(lag) and lag[-1] > lag[0] > 0, lag
+            assert lag_s == sorted(lag_s) and lag_s[-1] - lag_s[0] > 1.5, lag_s  # it grows with the clock
+            if how == "sigstop":
+                resumed_ns = time.time_ns()
+                os.kill(consumer.pid, signal.SIGCONT)
+                ok = wait_for(lambda: watch.first("OK", resumed_ns), 5)
+                assert ok is not None and ok - resumed_ns <= 1_000_000_000, watch.records()
+            producer.kill()
+            consumer.kill()

@@ -559,6 +559,9 @@ def contract_parser(client: str) -> argparse.ArgumentParser:
     p.add_argument("--headers", action="store_true")
     p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S)
     p.add_argument("--out", required=True)
+    p.add_argument("--process-ms", type=float, default=0)
+    p.add_argument("--hang-after", type=int, default=-1)
+    p.add_argument("--hang-s", type=float, default=0)
     return p
 
 
@@ -663,6 +666,19 @@ def workload_main(client: str, version: str, work) -> int:
                 time_ns=time.time_ns())
     truth.close()
     return code
+
+
+def handle(args: argparse.Namespace, consumed: int) -> None:
+    """The application's own work per record: --process-ms each, and once --hang-after records a hang of
+    --hang-s seconds (0: until killed), the poll loop blocked in the handler."""
+    if args.process_ms > 0:
+        time.sleep(args.process_ms / 1000)
+    if consumed == args.hang_after:
+        if args.hang_s > 0:
+            time.sleep(args.hang_s)
+        else:
+            while True:
+                time.sleep(3600)
 
 
 def remaining(args: argparse.Namespace) -> float:

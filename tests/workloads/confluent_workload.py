@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from tests.workloads import (TimedOut, UnsupportedOption, new_traceparent, pace, record_value,
-                             remaining, run_modes, workload_main)
+                             remaining, run_modes, workload_main, handle)
 
 CLIENT = "confluent"
 VERSION = f"{confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})"
@@ -157,6 +157,7 @@ def consume(args, truth, counts, want: int, start: dict[int, int] | None) -> Non
                                timestamp_ms=msg.timestamp()[1], consume_ns=consume_ns,
                                key=msg.key(), headers=msg.headers())
                 counts["consumed"] += 1
+                handle(args, counts["consumed"])
             if time.monotonic() >= args.deadline and counts["consumed"] < want:
                 raise TimedOut(f"consumed {counts['consumed']} of {want}")
         if want:

@@ -25,7 +25,7 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaTimeoutError
 
 from tests.workloads import (TimedOut, UnsupportedOption, new_traceparent, pace, record_value,
-                             remaining, run_modes, workload_main)
+                             remaining, run_modes, workload_main, handle)
 
 CLIENT = "kafkapython"
 VERSION = kafka.__version__
@@ -171,6 +171,7 @@ def consume(args, truth, counts, want: int, start: dict[int, int] | None) -> Non
                                    partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp,
                                    consume_ns=consume_ns, key=r.key, headers=r.headers)
                     counts["consumed"] += 1
+                    handle(args, counts["consumed"])
             if time.monotonic() >= args.deadline and counts["consumed"] < want:
                 raise TimedOut(f"consumed {counts['consumed']} of {want}")
         if want:

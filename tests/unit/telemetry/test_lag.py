@@ -52,6 +52,15 @@ class Timeline:
         return statuses(self.tracker, self.t + 2 * MS)
 
 
+def test_a_new_consumer_warming_up_on_a_backlog_is_given_time():
+    tl = Timeline()
+    tl.produce(300)
+    tl.fetch()  # its first fetch returns the backlog; a cold start takes 2 s to ask for more
+    for dt in (500 * MS, 1 * S, 2 * S):
+        assert statuses(tl.tracker, tl.t + dt) == OK
+    assert statuses(tl.tracker, tl.t + 2600 * MS) == STOP
+
+
 def test_a_healthy_consumer_stays_ok():
     tl = Timeline()
     assert {tl.step() for _ in range(1000)} == {OK}
@@ -59,7 +68,7 @@ def test_a_healthy_consumer_stays_ok():
 
 def test_a_stopped_consumer_is_stop_within_a_second_and_ok_again_when_it_catches_up():
     tl = Timeline()
-    for _ in range(100):
+    for _ in range(600):  # 6 s: past its first seconds, its pace is known
         tl.step()
     stopped_at = tl.t
     seen = []
@@ -78,7 +87,7 @@ def test_a_stopped_consumer_is_stop_within_a_second_and_ok_again_when_it_catches
 
 def test_a_consumer_that_fetches_without_moving_is_stall():
     tl = Timeline()
-    for _ in range(100):
+    for _ in range(600):
         tl.step()
     seen = [tl.step(advance=False) for _ in range(100)]  # 1 s of fetches at the same position
     assert STALL in seen and STOP not in seen

@@ -55,6 +55,9 @@ type options struct {
 	headers       bool
 	timeoutS      float64
 	out           string
+	processMs     float64
+	hangAfter     int
+	hangS         float64
 }
 
 // exitErr carries the exit code a failure maps to.
@@ -89,6 +92,9 @@ func parseOptions(args []string) (*options, error) {
 	fs.BoolVar(&o.transactional, "transactional", false, "produce inside one transaction")
 	fs.BoolVar(&o.headers, "headers", false, "add a traceparent header to every record")
 	fs.Float64Var(&o.timeoutS, "timeout-s", 60, "give up after this many seconds")
+	fs.Float64Var(&o.processMs, "process-ms", 0, "the application's own work per consumed record, in ms")
+	fs.IntVar(&o.hangAfter, "hang-after", -1, "after this many consumed records the handler hangs")
+	fs.Float64Var(&o.hangS, "hang-s", 0, "how long the handler hangs (0: until killed)")
 	fs.StringVar(&o.out, "out", "", "ground truth file (JSON lines, required)")
 	if err := fs.Parse(args); err != nil {
 		return nil, fail(exitError, "%v", err)
@@ -519,6 +525,21 @@ func consumerOptions(o *options) []kgo.Opt {
 	return opts
 }
 
+// handle is the application's own work per record: --process-ms each, and once --hang-after
+// records a hang of --hang-s seconds (0: until killed), the poll loop blocked in the handler.
+func handle(o *options, got int) {
+	if o.processMs > 0 {
+		time.Sleep(time.Duration(o.processMs * float64(time.Millisecond)))
+	}
+	if got == o.hangAfter {
+		if o.hangS > 0 {
+			time.Sleep(time.Duration(o.hangS * float64(time.Second)))
+		} else {
+			select {}
+		}
+	}
+}
+
 // consume reads until want records were consumed. With start (mode both) only records at
 // or after the partitions' pre-produce end offsets count (and are written): those are the
 // ones this run produced.
@@ -563,6 +584,7 @@ func consume(ctx context.Context, o *options, t *truth, want int, start map[int3
 				ev = append(ev, kv{"traceparent", tp})
 			}
 			t.write(ev)
+			handle(o, got)
 		})
 	}
 	// Commit what was consumed, then leave the group, each with a bounded wait.

@@ -71,8 +71,8 @@ public final class Workload {
 
     static final class Options {
         String bootstrap, topic, out;
-        int partitions = 1, messages = 100, size = 100, lingerMs = 5, batchSize = 16384;
-        double rate = 0, timeoutS = 60;
+        int partitions = 1, messages = 100, size = 100, lingerMs = 5, batchSize = 16384, hangAfter = -1;
+        double rate = 0, timeoutS = 60, processMs = 0, hangS = 0;
         String compression = "none", acks = "all", mode = "both", group, groupProtocol = "classic";
         String clientId = "okw-" + CLIENT;
         boolean transactional, headers;
@@ -113,6 +113,9 @@ public final class Workload {
                     case "--client-id": o.clientId = v; break;
                     case "--timeout-s": o.timeoutS = number(a, v); break;
                     case "--out": o.out = v; break;
+                    case "--process-ms": o.processMs = number(a, v); break;
+                    case "--hang-after": o.hangAfter = integer(a, v); break;
+                    case "--hang-s": o.hangS = number(a, v); break;
                     default: throw new Fail(EXIT_ERROR, "unknown option " + a);
                 }
             }
@@ -495,6 +498,20 @@ public final class Workload {
      * Consumes until want records were consumed. With start (mode both) only records at or after the
      * partitions' pre-produce end offsets count (and are written): those are the ones this run produced.
      */
+    /** The application's own work per record: --process-ms each, and once --hang-after records a hang of
+     * --hang-s seconds (0: until killed), the poll loop blocked in the handler. */
+    void handle(int got) {
+        try {
+            if (o.processMs > 0) Thread.sleep((long) o.processMs, (int) ((o.processMs % 1) * 1_000_000));
+            if (got == o.hangAfter) {
+                if (o.hangS > 0) Thread.sleep((long) (o.hangS * 1000));
+                else Thread.sleep(Long.MAX_VALUE);
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
     int consume(int want, Map<Integer, Long> start, int[] counts) throws Fail {
         String clientId = o.clientId + "-c";
         Properties p = common(clientId);
@@ -531,6 +548,7 @@ public final class Workload {
                     if (h != null) ev.put("traceparent", new String(h.value(), StandardCharsets.UTF_8));
                     t.write(ev);
                     counts[1] = got;
+                    handle(got);
                 }
             }
             // Commit what was consumed (bounded wait); closing then leaves the group.
