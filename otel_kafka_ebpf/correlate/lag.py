@@ -79,6 +79,7 @@ class Position:
     status: str = OK
     status_ns: int = 0
     gone_ns: int = 0  # when the instance stopped fetching for sure (connection closed, rebalanced away)
+    moved_away: bool = False  # another member of its group fetches the partition now: not its lag any more
     lag_waiting_since_ns: int = 0  # when messages started waiting for it (lag went from 0 to > 0)
     first_ns: int = 0  # when it was first seen fetching the partition
     had_records: bool = False  # its latest fetch of the partition returned records
@@ -180,6 +181,7 @@ class LagTracker:
                 p.refetches += 1
             if p.gone_ns:  # back: it fetches the partition again
                 p.gone_ns = 0
+                p.moved_away = False
                 self._others_lose(instance, group, key, request_ns)
             p.fetched_ns = max(p.fetched_ns, response_ns)
             p.max_wait_ns = max_wait_ms * 1_000_000
@@ -210,8 +212,9 @@ class LagTracker:
             if other == instance:
                 continue
             q = self.positions.get((other, key))
-            if q is not None and q.group == group and not q.gone_ns and q.fetched_ns <= ts_ns:
-                q.gone_ns = ts_ns
+            if q is not None and q.group == group and not q.moved_away and q.fetched_ns <= ts_ns:
+                q.gone_ns = q.gone_ns or ts_ns
+                q.moved_away = True
 
     def committed_offset(self, group: str, key: PartitionKey, offset: int, ts_ns: int, instance: Instance) -> None:
         self.committed[(group, key)] = (offset, ts_ns)
@@ -315,4 +318,5 @@ class LagTracker:
         return first is not None and last > first
 
     def measures(self, now_ns: int) -> list[Measure]:
-        return [self.measure(p, now_ns) for p in self.positions.values()]
+        """Every instance's position now; a partition rebalanced to another member is not its lag any more."""
+        return [self.measure(p, now_ns) for p in self.positions.values() if not p.moved_away]

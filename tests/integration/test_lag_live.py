@@ -218,3 +218,70 @@ def test_a_stopped_consumer_is_reported_within_a_second(kafka_broker, topic_fact
                 assert ok is not None and ok - resumed_ns <= 1_000_000_000, watch.records()
             producer.kill()
             consumer.kill()
+
+
+def _points(watch_dir, name: str, kind: str = "gauge") -> list[tuple[dict, dict, object]]:
+    """(resource attributes, point attributes, point) of every data point of metric `name` received."""
+    out = []
+    for req in read_json_lines(watch_dir / "metrics.jsonl")["metrics"]:
+        for rm in req.resource_metrics:
+            res = {kv.key: kv.value.string_value or kv.value.int_value for kv in rm.resource.attributes}
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if m.name == name:
+                        for p in getattr(m, kind).data_points:
+                            out.append((res, {kv.key: kv.value.string_value for kv in p.attributes}, p))
+    return out
+
+
+def test_two_groups_one_slow_each_with_its_own_lag_latency_and_services(kafka_broker, topic_factory, tmp_path,
+                                                                         collector_factory):
+    """One topic, a fast group and a slow one whose two members are two services: lag and latency are each
+    group's own, and the slow group's members are told apart by their service names."""
+    collector = collector_factory("file-only.yaml")
+    topic = topic_factory(partitions=4)
+    opts = dict(partitions=4, size=100, rate=200, linger_ms=0, timeout_s=120)
+    env = dict(collector.agent_env(), OTEL_METRIC_EXPORT_INTERVAL="1000")
+    fast, slow = f"{topic}-fast", f"{topic}-slow"
+    with AgentCLI("run", "--kafka-port", str(kafka_broker.port), "--ports-only", ready="exporting", env=env):
+        with Workload("go", kafka_broker.bootstrap, topic, tmp_path / "p.jsonl", mode="produce", messages=6000,
+                      env={"OTEL_SERVICE_NAME": "orders"}, **opts) as producer, \
+                Workload("go", kafka_broker.bootstrap, topic, tmp_path / "f.jsonl", mode="consume", group=fast,
+                         messages=6000, env={"OTEL_SERVICE_NAME": "search-indexer"}, **opts) as w1, \
+                Workload("java", kafka_broker.bootstrap, topic, tmp_path / "s1.jsonl", mode="consume", group=slow,
+                         messages=6000, process_ms=20, env={"OTEL_SERVICE_NAME": "billing-eu"}, **opts) as w2, \
+                Workload("java", kafka_broker.bootstrap, topic, tmp_path / "s2.jsonl", mode="consume", group=slow,
+                         messages=6000, process_ms=20, env={"OTEL_SERVICE_NAME": "billing-us"}, **opts) as w3:
+            time.sleep(25)  # 200/s produced; the slow group takes 2 x 50/s
+            for w in (producer, w1, w2, w3):
+                w.kill()
+    lag = _points(collector.export_dir, "messaging.kafka.consumer.lag")
+    last = max(p.time_unix_nano for _, _, p in lag)
+    now = [(res, attrs, p.as_int) for res, attrs, p in lag if p.time_unix_nano == last and
+           attrs["messaging.destination.name"] == topic]
+    by_group: dict[str, dict[str, set]] = {}
+    lag_by_group: dict[str, int] = {}
+    for res, attrs, value in now:
+        group = attrs["messaging.consumer.group.name"]
+        by_group.setdefault(group, {}).setdefault(res["service.name"], set()).add(
+            attrs["messaging.destination.partition.id"])
+        lag_by_group[group] = lag_by_group.get(group, 0) + value
+    assert set(by_group[fast]) == {"search-indexer"} and by_group[fast]["search-indexer"] == {"0", "1", "2", "3"}
+    assert set(by_group[slow]) == {"billing-eu", "billing-us"}  # two members, each its own partitions
+    assert by_group[slow]["billing-eu"].isdisjoint(by_group[slow]["billing-us"])
+    assert by_group[slow]["billing-eu"] | by_group[slow]["billing-us"] == {"0", "1", "2", "3"}
+    assert lag_by_group[fast] < 100 and lag_by_group[slow] > 1000, lag_by_group
+    latency = _points(collector.export_dir, "otel_kafka_ebpf.message.latency", "histogram")
+    p99 = {}
+    for res, attrs, p in latency:
+        if p.time_unix_nano != last or attrs["messaging.destination.name"] != topic:
+            continue
+        bounds, counts = list(p.explicit_bounds), list(p.bucket_counts)
+        total, seen = sum(counts), 0
+        for i, c in enumerate(counts):
+            seen += c
+            if seen >= 0.99 * total:
+                p99[(attrs["messaging.consumer.group.name"], res["service.name"])] = bounds[min(i, len(bounds) - 1)]
+                break
+    assert p99[(fast, "search-indexer")] <= 0.5
+    assert min(p99[(slow, "billing-eu")], p99[(slow, "billing-us")]) >= 2.0, p99
