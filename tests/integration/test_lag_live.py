@@ -27,6 +27,12 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
+def _prompt() -> None:
+    """Real-time scheduling for the consumer (a preexec_fn): it reads a response as soon as it arrives, so
+    that the packet's arrival is the consumer's read, whatever else the machine runs."""
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+
+
 def _wire_spans(pcap, port: int):
     """What the agent's pipeline reports from an independent tshark capture of the same traffic."""
     from otel_kafka_ebpf.agent import Agent
@@ -71,7 +77,7 @@ def test_latency_against_the_wire_to_a_millisecond(kafka_broker, topic_factory, 
     with LoopbackCapture(kafka_broker.port, tmp_path / "lo.pcapng") as pcap, \
             run_agent(out, "--kafka-port", str(kafka_broker.port), "--ports-only"):
         with Workload(client, kafka_broker.bootstrap, topic, tmp_path / "c.jsonl", mode="consume",
-                      client_id=f"{client}-lat-c", **opts) as consumer:
+                      client_id=f"{client}-lat-c", preexec_fn=_prompt, **opts) as consumer:
             time.sleep(4)  # joined and long-polling
             with Workload(client, kafka_broker.bootstrap, topic, tmp_path / "p.jsonl", mode="produce",
                           client_id=f"{client}-lat-p", **opts) as producer:
