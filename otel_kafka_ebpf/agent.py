@@ -12,7 +12,7 @@ from .correlate.batches import Correlator
 from .identity import ProcessDirectory
 from .pipeline import Pipeline
 from .sinks.export import Exporter, make_transport
-from .sinks.health import Figure, HealthSink
+from .sinks.health import Figure, HealthSink, Period
 from .sinks.metrics import LagMetricsSink
 from .sinks.resources import ResourceCatalog
 from .sinks.spans import SpanBuilder, SpanSink
@@ -56,13 +56,12 @@ class Agent:
                                   max_batch=cfg.exporter.max_batch_spans,
                                   delay_ns=cfg.exporter.schedule_delay_ms * 1_000_000)
             self.pipeline.add_sink(self.spans)
-        self.start_ns = start_ns if start_ns is not None else time.time_ns()
-        interval_ns = cfg.metrics.export_interval_ms * 1_000_000
-        self.metrics = LagMetricsSink(correlator, self.resources, self.exporter, interval_ns=interval_ns,
-                                      start_ns=self.start_ns, opened=self.pipeline.decoder.opened)
+        self.period = Period(cfg.metrics.export_interval_ms * 1_000_000,
+                             start_ns if start_ns is not None else time.time_ns())
+        self.metrics = LagMetricsSink(correlator, self.resources, self.exporter, self.period)
         self.pipeline.add_sink(self.metrics)
-        self.health = HealthSink(self.figures, self.exporter, self.resources.agent, interval_ns=interval_ns,
-                                 start_ns=self.start_ns)
+        self.health = HealthSink(self.figures, self.exporter, self.resources.agent, Period(
+            self.period.interval_ns, self.period.start_ns))
         self.pipeline.add_sink(self.health)
 
     def run(self, events: Iterable[StreamEvent]) -> None:
@@ -70,14 +69,14 @@ class Agent:
         first = True
         for event in events:
             if first and not self.processes.read_proc:  # a replay: its clock starts at its first event
-                self.health.restart(event.ts_ns)
-                self.metrics.restart(event.ts_ns)
+                self.health.period.restart(event.ts_ns)
+                self.period.restart(event.ts_ns)
                 first = False
             pipeline.feed(event)
 
     def close(self, timeout_s: float = 5.0) -> None:
         self.pipeline.finish()
-        end_ns = max(self.pipeline.now_ns, self.health.start_ns)
+        end_ns = max(self.pipeline.now_ns, self.period.start_ns)
         self.metrics.export(end_ns)
         self.health.export(end_ns)
         if self.lookup is not None:

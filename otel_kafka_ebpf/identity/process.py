@@ -122,65 +122,39 @@ _GENERIC_SCRIPT_NAMES = {"index", "main", "server", "app", "__main__", "cli", "r
 def program_name(argv: list[str], exe_name: str) -> tuple[str | None, str | None]:
     """(runtime, the program it runs) for Java, Python and Node.js command lines; (None, None) otherwise."""
     base = os.path.basename(argv[0]) if argv else exe_name
+    args = argv[1:]
     for name in (exe_name, base):
         if name == "java":
-            return "java", _java_main(argv[1:])
+            return "java", _main_argument(args, _JAVA_OPTS_WITH_VALUE, _JAVA_MARKERS)
         if re.fullmatch(r"python[0-9.]*", name) or name in ("pypy", "pypy3"):
-            return "python", _python_main(argv[1:])
+            split = []
+            for a in args:  # `-mpkg` is `-m pkg`
+                split += ["-m", a[2:]] if a.startswith("-m") and len(a) > 2 else [a]
+            return "python", _main_argument(split, _PYTHON_OPTS_WITH_VALUE, _PYTHON_MARKERS)
         if name in ("node", "nodejs"):
-            return "node", _node_main(argv[1:])
+            return "node", _main_argument(args, _NODE_OPTS_WITH_VALUE, {})
     return None, None
 
 
-def _java_main(args: list[str]) -> str | None:
+# Options that name the program themselves: what the program is, from the option's value (None: no program)
+_JAVA_MARKERS = {"-jar": os.path.basename, "-m": lambda v: v.split("/")[-1], "--module": lambda v: v.split("/")[-1]}
+_PYTHON_MARKERS = {"-m": lambda v: v, "-c": None}
+
+
+def _main_argument(args: list[str], opts_with_value: set[str], markers: dict) -> str | None:
+    """The first argument that is not an option (options' values skipped), or what a marker option names."""
     i = 0
     while i < len(args):
         a = args[i]
-        if a == "-jar" and i + 1 < len(args):
-            return os.path.basename(args[i + 1])
-        if a in ("-m", "--module") and i + 1 < len(args):
-            return args[i + 1].split("/")[-1]
-        if a in _JAVA_OPTS_WITH_VALUE:
+        if a in markers:
+            name = markers[a]
+            return name(args[i + 1]) if name is not None and i + 1 < len(args) else None
+        if a in opts_with_value:
             i += 2
-            continue
-        if a.startswith("-"):
+        elif a.startswith("-"):
             i += 1
-            continue
-        return a
-    return None
-
-
-def _python_main(args: list[str]) -> str | None:
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if a == "-m" and i + 1 < len(args):
-            return args[i + 1]
-        if a == "-c":
-            return None
-        if a.startswith("-m") and len(a) > 2:
-            return a[2:]
-        if a in _PYTHON_OPTS_WITH_VALUE:
-            i += 2
-            continue
-        if a.startswith("-"):
-            i += 1
-            continue
-        return a
-    return None
-
-
-def _node_main(args: list[str]) -> str | None:
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if a in _NODE_OPTS_WITH_VALUE:
-            i += 2
-            continue
-        if a.startswith("-"):
-            i += 1
-            continue
-        return a
+        else:
+            return a
     return None
 
 

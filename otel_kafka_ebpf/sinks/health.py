@@ -36,28 +36,41 @@ def encode_figures(figures: list[Figure], start_ns: int, now_ns: int) -> bytes:
     return out
 
 
+class Period:
+    """A cumulative export's clock: when it started (the points' start time) and when it is next due."""
+
+    __slots__ = ("interval_ns", "start_ns", "next_ns")
+
+    def __init__(self, interval_ns: int, start_ns: int) -> None:
+        self.interval_ns = interval_ns
+        self.restart(start_ns)
+
+    def restart(self, start_ns: int) -> None:
+        """Start again at `start_ns` (a replay: the recording's own clock)."""
+        self.start_ns = start_ns
+        self.next_ns = start_ns + self.interval_ns
+
+    def due(self, now_ns: int) -> bool:
+        if now_ns < self.next_ns:
+            return False
+        self.next_ns = now_ns + self.interval_ns
+        return True
+
+
 class HealthSink:
-    def __init__(self, read: Callable[[], list[Figure]], exporter, resource: bytes, *, interval_ns: int,
-                 start_ns: int) -> None:
+    def __init__(self, read: Callable[[], list[Figure]], exporter, resource: bytes, period: Period) -> None:
         self.read = read
         self.exporter = exporter
         self.resource = resource
-        self.interval_ns = interval_ns
-        self.start_ns = start_ns
-        self._next = start_ns + interval_ns
-
-    def restart(self, start_ns: int) -> None:
-        self.start_ns = start_ns
-        self._next = start_ns + self.interval_ns
+        self.period = period
 
     def tick(self, now_ns: int) -> None:
-        if now_ns >= self._next:
-            self._next = now_ns + self.interval_ns
+        if self.period.due(now_ns):
             self.export(now_ns)
 
     def export(self, now_ns: int) -> None:
         figures = self.read()
-        metrics = encode_figures(figures, self.start_ns, now_ns)
+        metrics = encode_figures(figures, self.period.start_ns, now_ns)
         if metrics:
             payload = wire.export_metrics_request([(self.resource, SCOPE, metrics)], SCHEMA_URL)
             self.exporter.submit("metrics", payload, sum(len(f.points) for f in figures))

@@ -33,6 +33,7 @@ from ..kafka.connection import KafkaPair
 from ..kafka.errors import error_name
 from ..kafka.versions import FETCH
 from . import otlp_wire as wire
+from .health import Period
 from .resources import SCHEMA_URL, SCOPE, ResourceCatalog
 
 MAX_SERIES = 2000
@@ -100,16 +101,12 @@ class LagMetricsSink:
     """The pipeline's metrics and status-log output. `tick` evaluates statuses every call and exports
     metrics every interval."""
 
-    def __init__(self, correlator: Correlator, resources: ResourceCatalog, exporter, *, interval_ns: int,
-                 start_ns: int, opened: dict[int, ConnectionOpened]) -> None:
+    def __init__(self, correlator: Correlator, resources: ResourceCatalog, exporter, period: Period) -> None:
         self.correlator = correlator
         self.tracker = correlator.lag
         self.resources = resources
         self.exporter = exporter
-        self.interval_ns = interval_ns
-        self.start_ns = start_ns
-        self.opened = opened
-        self._next = start_ns + interval_ns
+        self.period = period
         self.latency = Histogram(LATENCY_BOUNDS)
         self.duration = Histogram(DURATION_BOUNDS)
         self.sent = Sum()
@@ -119,10 +116,6 @@ class LagMetricsSink:
         self._logs: list[tuple[int, bytes]] = []
         self.changes: deque[StatusChange] = deque(maxlen=1000)  # recent status changes
         self.listeners: list = []  # called with (delivered batch, latency s | None) once it settled (`top`)
-
-    def restart(self, start_ns: int) -> None:
-        self.start_ns = start_ns
-        self._next = start_ns + self.interval_ns
 
     # --- inputs ------------------------------------------------------------------------------------
 
@@ -185,8 +178,7 @@ class LagMetricsSink:
             self._logs.append((change.position.instance.pid, self._status_record(change)))
         if self._logs:  # status changes go out at once, not at the next metric export
             self._export_logs()
-        if now_ns >= self._next:
-            self._next = now_ns + self.interval_ns
+        if self.period.due(now_ns):
             self.export(now_ns)
 
     def close(self) -> None:
@@ -223,7 +215,7 @@ class LagMetricsSink:
                 ("messaging.consumer.group.name", p.group), ("messaging.client.id", p.instance.client_id))
 
     def export(self, now_ns: int) -> None:
-        start = self.start_ns
+        start = self.period.start_ns
         by_pid: dict[int, list[bytes]] = {}
         points = 0
 
