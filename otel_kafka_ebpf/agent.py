@@ -42,14 +42,15 @@ class Agent:
         correlator = Correlator(resolve_wait_ns=int(a.resolve_wait_s * 1e9), group_wait_ns=int(a.group_wait_s * 1e9),
                                 links=cfg.spans.links)
         lookup = None
-        if live and a.discover_metadata:
-            from .discovery import MetadataLookup
+        if live and (a.discover_metadata or a.poll_high_watermarks):
+            from .discovery import BrokerLookup
 
-            lookup = MetadataLookup()
+            lookup = BrokerLookup()
         self.lookup = lookup
         self.capture_counters = capture_counters or dict
         self.pipeline = Pipeline(processes=self.processes, correlator=correlator, broker_traffic=a.broker_traffic,
-                                 on_annotation=on_annotation, lookup=lookup)
+                                 on_annotation=on_annotation, lookup=lookup, discover_metadata=a.discover_metadata,
+                                 poll_high_watermarks=a.poll_high_watermarks)
         self.spans = None
         if cfg.spans.enabled:
             self.spans = SpanSink(SpanBuilder(self.resources, cfg.spans.ratio), self.exporter,

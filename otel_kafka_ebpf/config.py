@@ -169,6 +169,9 @@ class AgentSettings(_Table):
     host_name: str | None = Field(None, description="host.name (default: this host's name)")
     discover_metadata: bool = Field(True, description="ask a broker for Metadata when a connection's cluster or "
                                                       "topic names are unknown (agent started after its clients)")
+    poll_high_watermarks: bool = Field(True, description="ask the leader for the high watermark of a stopped "
+                                                         "consumer's partitions every second (when the node sees "
+                                                         "no producer of them)")
     resolve_wait_s: float = Field(10.0, ge=0, le=600, description="how long a batch waits for its cluster/topic")
     group_wait_s: float = Field(6.0, ge=0, le=600, description="how long a joined-mid-stream consumer's batches "
                                                                "wait for its group")

@@ -1,12 +1,18 @@
-"""The agent asks a broker for Metadata itself, when a connection's cluster or topic names are unknown.
+"""The agent asks brokers itself, for what its clients' traffic does not tell (an option, on by default).
 
-An agent that starts after its clients sees no Metadata exchange until the clients refresh it
-(every 5 minutes by default), so it would not know which cluster, or which topic names, their
-Produce and Fetch traffic belongs to. On a setting (on by default) it opens one plain TCP
-connection of its own to such a broker endpoint, in the client's network namespace, asks
-ApiVersions and Metadata (all topics, never creating any), and hands the raw response to the
-pipeline. A listener that wants TLS or SASL does not answer; that endpoint is tried again later,
-never more than once per `retry_s`. Nothing of a client's traffic is sent anywhere.
+- Metadata: an agent that starts after its clients sees no Metadata exchange until they refresh it
+  (every 5 minutes by default), so it would not know which cluster, or which topic names, their
+  Produce and Fetch traffic belongs to. It asks such a broker endpoint for Metadata (all topics,
+  never creating any), at most once per `retry_s` per endpoint.
+- High watermarks: a stopped consumer no longer fetches, so its own traffic no longer says how far
+  the partition has grown; where the agent does not see the producers either, it asks the partition's
+  leader (the broker the consumer fetched from) for the latest offset with ListOffsets, as a consumer
+  would, at most once per second per broker.
+
+One plain TCP connection per broker endpoint, opened in the client's network namespace and kept
+while it works; ApiVersions first. A listener that wants TLS or SASL does not answer; that endpoint is
+tried again later. Raw response bodies are handed to the pipeline, which decodes and records them.
+Nothing of a client's traffic is sent anywhere.
 """
 
 from __future__ import annotations
@@ -19,28 +25,35 @@ import struct
 import threading
 import time
 from collections import Counter, deque
+from typing import NamedTuple
 
 from .correlate.clusters import Endpoint
 from .kafka.api_versions import decode_response as decode_api_versions
 from .kafka.primitives import DecodeError
-from .kafka.requests import METADATA_VERSIONS, api_versions_request, metadata_request
-from .kafka.versions import METADATA
+from .kafka.requests import (
+    LIST_OFFSETS_VERSION, METADATA_VERSIONS, api_versions_request, list_offsets_request, metadata_request,
+)
+from .kafka.versions import LIST_OFFSETS, METADATA
 
 CLIENT_ID = "otel-kafka-ebpf-lookup"
 MAX_RESPONSE = 64 << 20
 CLONE_NEWNET = 0x40000000
+IDLE_CLOSE_S = 30.0  # a connection not used for this long is closed
+
+# kinds of answers
+METADATA_ANSWER = "metadata"
+OFFSETS_ANSWER = "offsets"
+
+
+class Answer(NamedTuple):
+    kind: str  # METADATA_ANSWER or OFFSETS_ANSWER
+    endpoint: Endpoint
+    version: int
+    body: bytes  # the response body after its header
 
 
 class LookupFailed(Exception):
     pass
-
-
-def _recv_frame(sock: socket.socket, correlation_id: int) -> bytes:
-    head = _recv_exact(sock, 8)
-    size, corr = struct.unpack(">ii", head)
-    if corr != correlation_id or not 4 <= size <= MAX_RESPONSE:
-        raise LookupFailed("not a Kafka response")
-    return _recv_exact(sock, size - 4)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -53,33 +66,58 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def fetch_metadata(addr: str, port: int, timeout_s: float = 2.0) -> tuple[int, bytes]:
-    """(Metadata version, response body after its header) from the broker at addr:port."""
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout_s)
-        sock.connect((addr, port))
-        sock.sendall(api_versions_request(1, CLIENT_ID))
-        body = _recv_frame(sock, 1)  # ApiVersions responses keep header v0: the body follows
+class BrokerConnection:
+    """One endpoint: request frames out, response bodies in, one at a time."""
+
+    def __init__(self, addr: str, port: int, timeout_s: float) -> None:
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout_s)
+        try:
+            self.sock.connect((addr, port))
+        except OSError:
+            self.sock.close()
+            raise
+        self.correlation_id = 0
+        self.used = time.monotonic()
+        body = self.call(lambda corr: api_versions_request(corr, CLIENT_ID), flexible_header=False)
         try:
             versions = decode_api_versions(memoryview(body), 0, 0)
         except (DecodeError, IndexError, struct.error):
+            self.close()
             raise LookupFailed("ApiVersions answer not understood") from None
-        ranges = {r.api_key: (r.min_version, r.max_version) for r in versions.api_keys}
-        if METADATA not in ranges:
-            raise LookupFailed("the broker offers no Metadata")
-        lo, hi = ranges[METADATA]
+        self.ranges = {r.api_key: (r.min_version, r.max_version) for r in versions.api_keys}
+
+    def call(self, frame_of, flexible_header: bool) -> bytes:
+        self.correlation_id += 1
+        corr = self.correlation_id
+        self.sock.sendall(frame_of(corr))
+        size, got = struct.unpack(">ii", _recv_exact(self.sock, 8))
+        if got != corr or not 4 <= size <= MAX_RESPONSE:
+            raise LookupFailed("not a Kafka response")
+        body = _recv_exact(self.sock, size - 4)
+        self.used = time.monotonic()
+        if flexible_header:  # tagged fields after the correlation id
+            if body[:1] != b"\x00":
+                raise LookupFailed("unexpected tagged fields in the response header")
+            body = body[1:]
+        return body
+
+    def metadata(self) -> tuple[int, bytes]:
+        lo, hi = self.ranges.get(METADATA, (0, -1))
         version = min(hi, METADATA_VERSIONS[1])
         if version < max(lo, METADATA_VERSIONS[0]):
             raise LookupFailed(f"no common Metadata version (broker v{lo}-v{hi})")
-        sock.sendall(metadata_request(version, 2, CLIENT_ID))
-        body = _recv_frame(sock, 2)
-        if version >= 9:  # flexible response header: tagged fields after the correlation id
-            n_tags = body[0]
-            if n_tags != 0:
-                raise LookupFailed("unexpected tagged fields in the response header")
-            body = body[1:]
-        return version, body
+        return version, self.call(lambda corr: metadata_request(version, corr, CLIENT_ID), version >= 9)
+
+    def latest_offsets(self, topics: dict[str, list[int]]) -> tuple[int, bytes]:
+        lo, hi = self.ranges.get(LIST_OFFSETS, (0, -1))
+        if not lo <= LIST_OFFSETS_VERSION <= hi:
+            raise LookupFailed(f"ListOffsets v{LIST_OFFSETS_VERSION} not offered (broker v{lo}-v{hi})")
+        return LIST_OFFSETS_VERSION, self.call(lambda corr: list_offsets_request(corr, CLIENT_ID, topics), False)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 _libc = None
@@ -94,38 +132,51 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-class MetadataLookup:
-    """Background lookups; `request` and `results` are called from the pipeline's thread."""
+class BrokerLookup:
+    """Background lookups; `request_*`, `note_process` and `results` are called from the pipeline's thread."""
 
-    def __init__(self, *, timeout_s: float = 2.0, retry_s: float = 30.0) -> None:
+    def __init__(self, *, timeout_s: float = 2.0, retry_s: float = 30.0, offsets_every_s: float = 1.0) -> None:
         self.timeout_s = timeout_s
         self.retry_s = retry_s
+        self.offsets_every_s = offsets_every_s
         self.stats: Counter = Counter()
         self._todo: queue.Queue = queue.Queue()
-        self._done: deque = deque()
-        self._last_try: dict[Endpoint, float] = {}
+        self._done: deque[Answer] = deque()
+        self._last_try: dict[tuple[str, Endpoint], float] = {}
         self._pids: dict[int, int] = {}  # netns -> a pid living in it (to enter it)
+        self._conns: dict[Endpoint, BrokerConnection] = {}  # the worker thread's own
         try:
             self._own_netns = os.stat("/proc/self/ns/net").st_ino
         except OSError:
             self._own_netns = 0
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="metadata-lookup", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="broker-lookup", daemon=True)
         self._thread.start()
 
     def note_process(self, netns: int, pid: int) -> None:
         self._pids[netns] = pid
 
-    def request(self, endpoint: Endpoint) -> None:
+    def _due(self, kind: str, endpoint: Endpoint, every_s: float) -> bool:
         now = time.monotonic()
-        last = self._last_try.get(endpoint)
-        if last is not None and now - last < self.retry_s:
-            return
-        self._last_try[endpoint] = now
-        self.stats["requested"] += 1
-        self._todo.put(endpoint)
+        last = self._last_try.get((kind, endpoint))
+        if last is not None and now - last < every_s:
+            return False
+        self._last_try[(kind, endpoint)] = now
+        return True
 
-    def results(self) -> list[tuple[Endpoint, int, bytes]]:
+    def request(self, endpoint: Endpoint) -> None:
+        """Metadata of the cluster behind `endpoint`."""
+        if self._due(METADATA_ANSWER, endpoint, self.retry_s):
+            self.stats["metadata_requested"] += 1
+            self._todo.put((METADATA_ANSWER, endpoint, None))
+
+    def request_offsets(self, endpoint: Endpoint, topics: dict[str, list[int]]) -> None:
+        """The high watermarks of these partitions, from their leader at `endpoint`."""
+        if self._due(OFFSETS_ANSWER, endpoint, self.offsets_every_s):
+            self.stats["offsets_requested"] += 1
+            self._todo.put((OFFSETS_ANSWER, endpoint, topics))
+
+    def results(self) -> list[Answer]:
         out = []
         while self._done:
             out.append(self._done.popleft())
@@ -137,23 +188,47 @@ class MetadataLookup:
 
     def _run(self) -> None:
         while not self._closed:
-            endpoint = self._todo.get()
-            if endpoint is None:
-                return
             try:
-                if endpoint.netns in (0, self._own_netns):
-                    version, body = fetch_metadata(endpoint.addr, endpoint.port, self.timeout_s)
-                else:
-                    version, body = self._in_netns(endpoint)
-            except (OSError, LookupFailed, struct.error, IndexError) as exc:
-                self.stats["failed"] += 1
-                self.stats[f"failed: {type(exc).__name__}"] += 1
+                job = self._todo.get(timeout=IDLE_CLOSE_S)
+            except queue.Empty:
+                self._close_idle()
                 continue
-            self.stats["answered"] += 1
-            self._done.append((endpoint, version, body))
+            if job is None:
+                break
+            kind, endpoint, topics = job
+            try:
+                version, body = self._ask(kind, endpoint, topics)
+            except (OSError, LookupFailed, struct.error, IndexError) as exc:
+                self.stats[f"{kind}_failed"] += 1
+                self.stats[f"failed: {type(exc).__name__}"] += 1
+                conn = self._conns.pop(endpoint, None)
+                if conn is not None:
+                    conn.close()
+                continue
+            self.stats[f"{kind}_answered"] += 1
+            self._done.append(Answer(kind, endpoint, version, body))
+            self._close_idle()
+        for conn in self._conns.values():
+            conn.close()
 
-    def _in_netns(self, endpoint: Endpoint) -> tuple[int, bytes]:
-        """Enter the client's network namespace in a thread of its own (setns changes only the caller)."""
+    def _ask(self, kind: str, endpoint: Endpoint, topics) -> tuple[int, bytes]:
+        conn = self._conns.get(endpoint)
+        if conn is None:
+            conn = self._conns[endpoint] = self._connect(endpoint)
+        return conn.metadata() if kind == METADATA_ANSWER else conn.latest_offsets(topics)
+
+    def _close_idle(self) -> None:
+        now = time.monotonic()
+        for endpoint, conn in list(self._conns.items()):
+            if now - conn.used > IDLE_CLOSE_S:
+                conn.close()
+                del self._conns[endpoint]
+
+    def _connect(self, endpoint: Endpoint) -> BrokerConnection:
+        if endpoint.netns in (0, self._own_netns):
+            return BrokerConnection(endpoint.addr, endpoint.port, self.timeout_s)
+        # Another network namespace: its socket is made in a thread that entered it (setns changes only the
+        # calling thread); the socket stays in that namespace, usable from this thread.
         pid = self._pids.get(endpoint.netns)
         if pid is None:
             raise LookupFailed("no process known in that network namespace")
@@ -166,11 +241,11 @@ class MetadataLookup:
                     _setns(fd)
                 finally:
                     os.close(fd)
-                result.append(fetch_metadata(endpoint.addr, endpoint.port, self.timeout_s))
+                result.append(BrokerConnection(endpoint.addr, endpoint.port, self.timeout_s))
             except (OSError, LookupFailed, struct.error, IndexError) as exc:
                 result.append(exc)
 
-        t = threading.Thread(target=worker, name="metadata-lookup-netns", daemon=True)
+        t = threading.Thread(target=worker, name="broker-lookup-netns", daemon=True)
         t.start()
         t.join(self.timeout_s * 3)
         if not result:

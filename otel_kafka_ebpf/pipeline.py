@@ -23,30 +23,36 @@ from typing import TextIO
 from .capture.streams import Annotation, ConnectionClosed, ConnectionOpened, StreamEvent
 from .correlate.batches import Correlator
 from .correlate.clusters import Endpoint
+from .discovery import METADATA_ANSWER as METADATA, OFFSETS_ANSWER as OFFSETS
 from .identity import ProcessDirectory, ProcessIdentity
 from .kafka.connection import KafkaStreamDecoder
 from .kafka.metadata import decode_response as decode_metadata_response
+from .kafka.offsets import decode_list_offsets_response
 from .kafka.primitives import DecodeError
 from .sinks.pairs import PairPrinter
 
 TICK_NS = 100_000_000  # timers run at least this often in event time
 
-# Annotation kinds
-PROCESS = "process"  # data: ProcessIdentity.to_dict()
-METADATA = "metadata"  # data: {"netns", "addr", "port", "version", "response": hex of a Metadata response body}
+# Annotation kinds: a process's identity (ProcessIdentity.to_dict()), and the answers of the agent's own
+# questions to brokers ({"netns", "addr", "port", "version", "response": hex of the response body})
+PROCESS = "process"
+STALE_HW_NS = 1_000_000_000  # a stopped consumer's partitions: ask their leader when nothing newer came
 
 
 class Pipeline:
     def __init__(self, *, sinks: Iterable[object] = (), processes: ProcessDirectory | None = None,
                  correlator: Correlator | None = None, broker_traffic: bool = False,
-                 on_annotation: Callable[[Annotation], None] | None = None, lookup=None) -> None:
+                 on_annotation: Callable[[Annotation], None] | None = None, lookup=None,
+                 discover_metadata: bool = True, poll_high_watermarks: bool = True) -> None:
         self.decoder = KafkaStreamDecoder()
         self.correlator = correlator or Correlator()
         self.correlator.connections = self.decoder.opened  # one table of open connections
         self.processes = processes or ProcessDirectory()
         self.broker_traffic = broker_traffic
         self.on_annotation = on_annotation
-        self.lookup = lookup  # a MetadataLookup (the agent asking brokers), or None
+        self.lookup = lookup  # a BrokerLookup (the agent asking brokers), or None
+        self.discover_metadata = discover_metadata
+        self.poll_high_watermarks = poll_high_watermarks
         self.sinks: list[object] = []
         self._pair_sinks: list[Callable] = []
         self._batch_sinks: list[Callable] = []
@@ -96,10 +102,7 @@ class Pipeline:
             now_ns = time.time_ns()
         self._next_tick = now_ns + TICK_NS
         if self.lookup is not None:
-            for endpoint in self.correlator.wanted_endpoints():
-                self.lookup.request(endpoint)
-            for endpoint, version, body in self.lookup.results():
-                self._learn_metadata(endpoint, version, body, now_ns, record=True)
+            self._ask_brokers(now_ns)
         released = self.correlator.tick(now_ns)
         if released:
             self._emit_batches(released, now_ns)
@@ -139,26 +142,46 @@ class Pipeline:
                 ident = self.processes.peek(int(note.data["pid"]))
                 if ident is not None and ident.is_kafka_broker:
                     self.correlator.mark_broker(ident.pid)
-            elif note.kind == METADATA:
+            elif note.kind in (METADATA, OFFSETS):
                 d = note.data
-                self._learn_metadata(Endpoint(int(d["netns"]), str(d["addr"]), int(d["port"])), int(d["version"]),
-                                     bytes.fromhex(d["response"]), note.ts_ns, record=False)
+                self._learn(note.kind, Endpoint(int(d["netns"]), str(d["addr"]), int(d["port"])), int(d["version"]),
+                            bytes.fromhex(d["response"]), note.ts_ns, record=False)
             else:
                 self.stats["unknown_annotations"] += 1
         except (KeyError, TypeError, ValueError):
             self.stats["bad_annotations"] += 1
 
-    def _learn_metadata(self, endpoint: Endpoint, version: int, body: bytes, ts_ns: int, record: bool) -> None:
+    def _ask_brokers(self, now_ns: int) -> None:
+        lookup = self.lookup
+        wanted = self.correlator.wanted_endpoints()
+        if self.discover_metadata:
+            for endpoint in wanted:
+                lookup.request(endpoint)
+        if self.poll_high_watermarks:
+            for endpoint, keys in self.correlator.lag.stale_partitions(now_ns, STALE_HW_NS).items():
+                topics: dict[str, list[int]] = {}
+                for key in keys:
+                    topics.setdefault(key.topic, []).append(key.partition)
+                lookup.request_offsets(endpoint, topics)
+        for answer in lookup.results():
+            self._learn(answer.kind, answer.endpoint, answer.version, answer.body, now_ns, record=True)
+
+    def _learn(self, kind: str, endpoint: Endpoint, version: int, body: bytes, ts_ns: int, record: bool) -> None:
+        """An answer to the agent's own question (live), or its note in a recording (replay)."""
+        decode = decode_metadata_response if kind == METADATA else decode_list_offsets_response
         try:
-            response = decode_metadata_response(memoryview(body), 0, version)
+            response = decode(memoryview(body), 0, version)
         except (DecodeError, IndexError, ValueError):
-            self.stats["bad_metadata_lookups"] += 1
+            self.stats[f"bad_{kind}_answers"] += 1
             return
         if record and self.on_annotation is not None:
-            self.on_annotation(Annotation(METADATA, ts_ns, {"netns": endpoint.netns, "addr": endpoint.addr,
-                                                            "port": endpoint.port, "version": version,
-                                                            "response": body.hex()}))
-        self.stats["metadata_lookups_applied"] += 1
+            self.on_annotation(Annotation(kind, ts_ns, {"netns": endpoint.netns, "addr": endpoint.addr,
+                                                        "port": endpoint.port, "version": version,
+                                                        "response": body.hex()}))
+        self.stats[f"{kind}_answers_applied"] += 1
+        if kind == OFFSETS:
+            self.correlator.learn_offsets(endpoint, response, ts_ns)
+            return
         released = self.correlator.learn_metadata(endpoint, response, ts_ns)
         if released:
             self._emit_batches(released, ts_ns)

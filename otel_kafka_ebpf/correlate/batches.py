@@ -208,6 +208,13 @@ class Correlator:
             return self._recheck(pair.request_ts_ns)
         return []
 
+    def learn_offsets(self, endpoint: Endpoint, response, ts_ns: int) -> None:
+        """A ListOffsets (latest) answer of the agent's own: high watermarks from the leader."""
+        cluster = self.clusters.cluster_of(endpoint)
+        for p in response.partitions:
+            if p.error_code == 0 and p.offset >= 0 and p.topic:
+                self.lag.high_watermark(PartitionKey(cluster, p.topic, p.partition), p.offset, ts_ns)
+
     def learn_metadata(self, endpoint: Endpoint | None, response, ts_ns: int = 0) -> list[Batch]:
         self.topics.observe_metadata(response)
         self.clusters.observe_metadata(endpoint, response)
@@ -486,7 +493,7 @@ class Correlator:
             fetch_offset = (pair.fetch_offsets or {}).get(topic_key)
             if fetch_offset is not None and p.error_code == 0:
                 lag.fetched(instance, group, pair.conn_id, key, fetch_offset, p.high_watermark, pair.request_ts_ns,
-                            pair.response_ts_ns, request.max_wait_ms, not p.batches)
+                            pair.response_ts_ns, request.max_wait_ms, not p.batches, leader=endpoint)
         for topic_key, fetch_offset in (pair.fetch_offsets or {}).items():
             if topic_key in seen:
                 continue  # an incremental response leaves out partitions with nothing new: still fetched
@@ -495,7 +502,7 @@ class Correlator:
                                      t if isinstance(t, bytes) else None, topic_key[1])
             if key is not None:
                 lag.fetched(instance, group, pair.conn_id, key, fetch_offset, -1, pair.request_ts_ns,
-                            pair.response_ts_ns, request.max_wait_ms, True)
+                            pair.response_ts_ns, request.max_wait_ms, True, leader=endpoint)
 
     def _track_commit(self, pair: KafkaPair, pid: int) -> None:
         request = pair.request

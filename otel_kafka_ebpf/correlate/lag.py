@@ -82,6 +82,7 @@ class Position:
     moved_away: bool = False  # another member of its group fetches the partition now: not its lag any more
     lag_waiting_since_ns: int = 0  # when messages started waiting for it (lag went from 0 to > 0)
     first_ns: int = 0  # when it was first seen fetching the partition
+    leader: object = None  # the broker endpoint it fetched the partition from last
     had_records: bool = False  # its latest fetch of the partition returned records
     refetches: int = 0  # fetches from the same position after one that returned records: not consuming
     gaps: deque = field(default_factory=lambda: deque(maxlen=16))  # recent times from a response to the next fetch
@@ -156,7 +157,7 @@ class LagTracker:
 
     def fetched(self, instance: Instance, group: str | None, conn_id: int, key: PartitionKey, fetch_offset: int,
                 high_watermark: int, request_ns: int, response_ns: int, max_wait_ms: int, empty: bool,
-                share: bool = False) -> None:
+                share: bool = False, leader: object = None) -> None:
         """A completed fetch of `key` by `instance` from position `fetch_offset`."""
         self.high_watermark(key, high_watermark, response_ns)
         pk = (instance, key)
@@ -167,7 +168,7 @@ class LagTracker:
                 return
             p = self.positions[pk] = Position(instance, key, group, conn_id, fetch_offset, request_ns, response_ns,
                                               max_wait_ms * 1_000_000, empty, status_ns=response_ns, share=share,
-                                              first_ns=request_ns, had_records=not empty)
+                                              first_ns=request_ns, had_records=not empty, leader=leader)
             self._by_partition.setdefault(key, set()).add(instance)
             self._others_lose(instance, group, key, request_ns)
         else:
@@ -188,6 +189,7 @@ class LagTracker:
             p.empty = empty
             p.had_records = not empty
             p.conn_id = conn_id
+            p.leader = leader
             if group:
                 p.group = group
         self._settle(p, request_ns)
@@ -316,6 +318,17 @@ class LagTracker:
                 return False
         last = hist[-1][1]
         return first is not None and last > first
+
+    def stale_partitions(self, now_ns: int, older_than_ns: int) -> dict[object, set[PartitionKey]]:
+        """Leader endpoint -> partitions whose consumers stopped or stall and whose high watermark is older than
+        `older_than_ns`: nothing on the node tells how far they grew, the leader can."""
+        out: dict[object, set[PartitionKey]] = {}
+        for p in self.positions.values():
+            if p.status in (STOP, STALL) and not p.moved_away and p.leader is not None:
+                st = self.partitions.get(p.partition)
+                if st is None or now_ns - st.hw_ns > older_than_ns:
+                    out.setdefault(p.leader, set()).add(p.partition)
+        return out
 
     def measures(self, now_ns: int) -> list[Measure]:
         """Every instance's position now; a partition rebalanced to another member is not its lag any more."""

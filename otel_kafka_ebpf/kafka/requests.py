@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from .versions import API_VERSIONS, METADATA, request_header_version
+from .versions import API_VERSIONS, LIST_OFFSETS, METADATA, request_header_version
 
 METADATA_VERSIONS = (4, 13)  # the versions `metadata_request` writes (v2+ name the cluster, v10+ topic ids)
 
@@ -40,3 +40,19 @@ def metadata_request(version: int, correlation_id: int, client_id: str) -> bytes
     if flex:
         body += b"\x00"  # no tagged fields
     return _frame(METADATA, version, correlation_id, client_id, body)
+
+
+LIST_OFFSETS_VERSION = 5  # read by every broker since Kafka 2.2 and still by 4.x
+LATEST = -1  # ListOffsets timestamp: the high watermark (read_uncommitted)
+
+
+def list_offsets_request(correlation_id: int, client_id: str, topics: dict[str, list[int]]) -> bytes:
+    """ListOffsets v5 for the latest offset (the high watermark) of each partition, as a consumer asks it."""
+    body = struct.pack(">ib", -1, 0)  # replica_id: a consumer; isolation_level: read_uncommitted
+    body += struct.pack(">i", len(topics))
+    for name, partitions in topics.items():
+        raw = name.encode()
+        body += struct.pack(">h", len(raw)) + raw + struct.pack(">i", len(partitions))
+        for p in partitions:
+            body += struct.pack(">iiq", p, -1, LATEST)  # partition, current leader epoch (unknown), timestamp
+    return _frame(LIST_OFFSETS, LIST_OFFSETS_VERSION, correlation_id, client_id, body)

@@ -291,3 +291,37 @@ def test_two_groups_one_slow_each_with_its_own_lag_latency_and_services(kafka_br
                 break
     assert p99[(fast, "search-indexer")] <= 0.5
     assert min(p99[(slow, "billing-eu")], p99[(slow, "billing-us")]) >= 2.0, p99
+
+
+def test_lag_of_a_stopped_consumer_grows_though_its_producer_is_on_another_node(kafka_broker, topic_factory,
+                                                                                   tmp_path, collector_factory):
+    """The agent sees only the consumer (its container, as on its own node). Stopped, the consumer no longer
+    fetches, so nothing it does tells how far the partitions grow: the agent asks their leader (ListOffsets),
+    and the lag keeps growing with what the producer writes."""
+    import signal
+
+    from tests.testbed.containers import FakeContainer
+
+    collector = collector_factory("file-only.yaml")
+    topic = topic_factory(partitions=2)
+    group = f"{topic}-g"
+    watch = StatusWatch(collector, group)
+    opts = dict(partitions=2, size=100, rate=100, linger_ms=0, timeout_s=120)
+    env = dict(collector.agent_env(), OTEL_METRIC_EXPORT_INTERVAL="500")
+    with FakeContainer("docker") as box:
+        with AgentCLI("run", "--cgroup", box.path, ready="exporting", env=env):
+            with Workload("go", kafka_broker.bootstrap, topic, tmp_path / "p.jsonl", mode="produce", messages=5000,
+                          **opts) as producer, \
+                    Workload("go", kafka_broker.bootstrap, topic, tmp_path / "c.jsonl", mode="consume", group=group,
+                             messages=5000, preexec_fn=box.enter, **opts) as consumer:
+                assert wait_for(lambda: [v for _, v in watch.gauges("messaging.kafka.consumer.lag")[-3:]
+                                         if v < 50][2:], 90), watch.gauges("messaging.kafka.consumer.lag")
+                stopped_ns = time.time_ns()
+                os.kill(consumer.pid, signal.SIGSTOP)
+                assert wait_for(lambda: watch.first("STOP", stopped_ns), 5), watch.records()
+                time.sleep(4)
+                lag = [v for t, v in watch.gauges("messaging.kafka.consumer.lag") if t > stopped_ns + 1.5e9]
+                os.kill(consumer.pid, signal.SIGCONT)
+                producer.kill()
+                consumer.kill()
+    assert len(lag) >= 4 and lag == sorted(lag) and lag[-1] - lag[0] >= 150, lag  # 100/s for 2.5 s and more
