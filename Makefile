@@ -27,6 +27,7 @@ help:
 	@echo "make test    - set up and run the whole test suite"
 	@echo "make bpf     - build the CO-RE BPF objects"
 	@echo "make kafka-up / kafka-down - start / stop a local single-node Kafka on 127.0.0.1:9092"
+	@echo "               (KAFKA_BROKERS=3: a 3-broker KRaft cluster on 9092-9094)"
 
 include $(sort $(wildcard $(ROOT)/make/*.mk))
 

@@ -2,6 +2,9 @@
 
 kafka_broker  session scope: a fresh single-node KRaft broker on free ports, or, if the
               environment sets OKE_KAFKA_BOOTSTRAP=host:port, that already running broker.
+kafka_cluster session scope: a fresh 3-broker KRaft cluster (KafkaCluster) on free ports, or, if
+              the environment sets OKE_KAFKA_CLUSTER_BOOTSTRAP=host:port[,...], that running
+              cluster (e.g. `make kafka-up KAFKA_BROKERS=3`). Topics default to replication factor 3.
 topic         function scope: a newly created topic with a unique name; 1 partition, or N with
               @pytest.mark.parametrize("topic", [N], indirect=True).
 topic_factory function scope: make_topic(partitions=1, prefix=None) -> name, for several topics.
@@ -21,7 +24,7 @@ import uuid
 import pytest
 
 from tests.testbed.backends import Collector, OtelBackends
-from tests.testbed.kafka import ExternalKafka, KafkaBroker, KafkaTools
+from tests.testbed.kafka import ExternalKafka, KafkaBroker, KafkaCluster, KafkaTools
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +37,19 @@ def kafka_broker() -> KafkaTools:
         yield broker
 
 
-def _unique_name(request, prefix: str | None = None) -> str:
+@pytest.fixture(scope="session")
+def kafka_cluster() -> KafkaTools:
+    external = os.environ.get("OKE_KAFKA_CLUSTER_BOOTSTRAP")
+    if external:
+        cluster = ExternalKafka(external).start()
+        cluster.default_replication_factor = 3
+        yield cluster
+        return
+    with KafkaCluster(brokers=3) as cluster:
+        yield cluster
+
+
+def unique_name(request, prefix: str | None = None) -> str:
     base = prefix or re.sub(r"[^A-Za-z0-9-]+", "-", request.node.name).strip("-")[:80]
     return f"{base}-{uuid.uuid4().hex[:8]}"
 
@@ -42,7 +57,7 @@ def _unique_name(request, prefix: str | None = None) -> str:
 @pytest.fixture
 def topic_factory(kafka_broker, request):
     def make_topic(partitions: int = 1, prefix: str | None = None) -> str:
-        return kafka_broker.create_topic(_unique_name(request, prefix), partitions=partitions)
+        return kafka_broker.create_topic(unique_name(request, prefix), partitions=partitions)
     return make_topic
 
 

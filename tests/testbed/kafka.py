@@ -1,4 +1,5 @@
-"""A real single-node Apache Kafka (KRaft, combined broker+controller) for tests and demos.
+"""A real Apache Kafka for tests and demos: a single KRaft node (combined broker+controller),
+or a cluster of several such nodes (KafkaCluster).
 
 The jars come from Maven Central (``tests/testbed/kafka/pom.xml``) into
 ``$OKE_CACHE/kafka-<version>/libs`` (default cache ``~/.cache/otel-kafka-ebpf``).
@@ -6,11 +7,13 @@ The jars come from Maven Central (``tests/testbed/kafka/pom.xml``) into
     with KafkaBroker() as kb:              # free ports, fresh temp dir
         kb.create_topic("t", partitions=3)
         kb.run_tool("kafka-consumer-groups", "--bootstrap-server", kb.bootstrap, "--list")
+    with KafkaCluster(brokers=3) as kc:    # nodes 1..3, replication factor 3 by default
+        kc.reassign_partition("t", 0, [2, 3])
 
 Command line (from the repository root):
 
     python -m tests.testbed.kafka jars
-    python -m tests.testbed.kafka up [--port 9092] [--dir DIR]
+    python -m tests.testbed.kafka up [--port 9092] [--brokers 3] [--dir DIR]
     python -m tests.testbed.kafka status [--port 9092] [--dir DIR]
     python -m tests.testbed.kafka down [--port 9092] [--dir DIR]
 """
@@ -25,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,6 +39,8 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -65,6 +71,7 @@ TOOLS = {
     "kafka-delete-records": "org.apache.kafka.tools.DeleteRecordsCommand",
     "kafka-log-dirs": "org.apache.kafka.tools.LogDirsCommand",
     "kafka-leader-election": "org.apache.kafka.tools.LeaderElectionCommand",
+    "kafka-reassign-partitions": "org.apache.kafka.tools.reassign.ReassignPartitionsCommand",
     "kafka-client-metrics": "org.apache.kafka.tools.ClientMetricsCommand",
     "kafka-cluster": "org.apache.kafka.tools.ClusterTool",
     "kafka-configs": "kafka.admin.ConfigCommand",
@@ -121,16 +128,17 @@ def kafka_home(version: str = KAFKA_VERSION) -> Path:
     return cache_dir() / f"kafka-{version}"
 
 
-def ensure_kafka_jars(version: str = KAFKA_VERSION, quiet: bool = True) -> Path:
-    """Fetch the broker and tool jars once (Maven); return the libs directory.
+def ensure_maven_jars(pom: Path, home: Path, version_property: str, version: str,
+                      want_jar: str, quiet: bool = True) -> Path:
+    """Fetch the runtime jars a pom names (Maven Central) into home/libs, once; return that dir.
 
     Idempotent: a stamp file holding a digest of the pom and the version marks a complete
-    download; concurrent callers serialise on a lock file.
+    download; concurrent callers serialise on a lock file. want_jar is a file name that must be
+    there afterwards (the main artifact); the pom takes its version as -D<version_property>.
     """
-    home = kafka_home(version)
     libs = home / "libs"
     stamp = home / "libs.stamp"
-    want = hashlib.sha256(POM.read_bytes() + version.encode()).hexdigest()
+    want = hashlib.sha256(pom.read_bytes() + version.encode()).hexdigest()
     if stamp.is_file() and stamp.read_text().strip() == want:
         return libs
     home.mkdir(parents=True, exist_ok=True)
@@ -143,16 +151,22 @@ def ensure_kafka_jars(version: str = KAFKA_VERSION, quiet: bool = True) -> Path:
                              "(Debian: apt-get install openjdk-17-jdk-headless maven; "
                              "or `make apt-deps`)")
         shutil.rmtree(libs, ignore_errors=True)
-        cmd = ["mvn", "-B", "-f", str(POM), f"-Dkafka.version={version}",
+        cmd = ["mvn", "-B", "-f", str(pom), f"-D{version_property}={version}",
                "dependency:copy-dependencies", f"-DoutputDirectory={libs}"]
         if quiet:
             cmd.insert(1, "-q")
         res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if res.returncode != 0 or not (libs / f"kafka_2.13-{version}.jar").is_file():
-            raise KafkaError(f"fetching Kafka {version} jars failed (exit {res.returncode}):\n"
-                             + res.stdout[-4000:])
+        if res.returncode != 0 or not (libs / want_jar).is_file():
+            raise KafkaError(f"fetching the jars of {pom.parent.name} {version} failed "
+                             f"(exit {res.returncode}):\n" + res.stdout[-4000:])
         stamp.write_text(want + "\n")
     return libs
+
+
+def ensure_kafka_jars(version: str = KAFKA_VERSION, quiet: bool = True) -> Path:
+    """Fetch the broker and tool jars once (Maven); return the libs directory."""
+    return ensure_maven_jars(POM, kafka_home(version), "kafka.version", version,
+                             f"kafka_2.13-{version}.jar", quiet)
 
 
 def classpath(version: str = KAFKA_VERSION) -> str:
@@ -218,10 +232,35 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 # --------------------------------------------------------------------------- tools
 
+@dataclass(frozen=True)
+class PartitionState:
+    """One partition as `kafka-topics --describe` shows it (leader None: no leader)."""
+    leader: int | None
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GroupOffset:
+    """One row of `kafka-consumer-groups --describe` (None where the tool shows '-')."""
+    committed: int | None
+    log_end: int | None
+    lag: int | None
+
+
+def _int_or_none(field: str) -> int | None:
+    return None if field == "-" else int(field)
+
+
+def _broker_ids(field: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in field.split(",") if x.strip())
+
+
 class KafkaTools:
-    """Things that only need a bootstrap address: the Kafka command line tools, topics."""
+    """Things that only need a bootstrap address: the Kafka command line tools, topics, groups."""
 
     version = KAFKA_VERSION
+    default_replication_factor = 1
 
     def __init__(self, bootstrap: str):
         self._bootstrap = bootstrap
@@ -232,11 +271,11 @@ class KafkaTools:
 
     @property
     def host(self) -> str:
-        return self.bootstrap.rsplit(":", 1)[0]
+        return self.bootstrap.split(",")[0].rsplit(":", 1)[0]
 
     @property
     def port(self) -> int:
-        return int(self.bootstrap.rsplit(":", 1)[1])
+        return int(self.bootstrap.split(",")[0].rsplit(":", 1)[1])
 
     @property
     def direct_bootstrap(self) -> str:
@@ -244,7 +283,7 @@ class KafkaTools:
         return self.bootstrap
 
     def api_versions(self, timeout: float = 5.0) -> dict[int, tuple[int, int]]:
-        host, port = self.direct_bootstrap.rsplit(":", 1)
+        host, port = self.direct_bootstrap.split(",")[0].rsplit(":", 1)
         return api_versions(host, int(port), timeout)
 
     def _tool_log4j(self) -> Path:
@@ -273,19 +312,101 @@ class KafkaTools:
                              f"stderr:\n{res.stderr[-3000:]}")
         return res
 
+    def _admin_tool(self, tool: str, *args: str, **kw) -> str:
+        """stdout of a tool run against this cluster (--bootstrap-server), failing on exit != 0."""
+        return self.run_tool(tool, "--bootstrap-server", self.direct_bootstrap, *args,
+                             check=True, **kw).stdout
+
     def create_topic(self, name: str, partitions: int = 1, config: dict | None = None,
-                     timeout: float = 120) -> str:
-        """Create a topic (replication factor 1); no error if it already exists."""
-        args = ["--bootstrap-server", self.direct_bootstrap, "--create", "--if-not-exists",
-                "--topic", name, "--partitions", str(partitions), "--replication-factor", "1"]
+                     timeout: float = 120, replication_factor: int | None = None) -> str:
+        """Create a topic (replication factor: the cluster's default, 1 for a single broker);
+        no error if it already exists."""
+        rf = replication_factor or self.default_replication_factor
+        args = ["--create", "--if-not-exists", "--topic", name, "--partitions", str(partitions),
+                "--replication-factor", str(rf)]
         for k, v in (config or {}).items():
             args += ["--config", f"{k}={v}"]
-        self.run_tool("kafka-topics", *args, timeout=timeout, check=True)
+        self._admin_tool("kafka-topics", *args, timeout=timeout)
         return name
 
     def describe_topic(self, name: str) -> str:
-        return self.run_tool("kafka-topics", "--bootstrap-server", self.direct_bootstrap,
-                             "--describe", "--topic", name, check=True).stdout
+        return self._admin_tool("kafka-topics", "--describe", "--topic", name)
+
+    def partitions(self, topic: str) -> dict[int, PartitionState]:
+        """partition -> its leader, replicas and in-sync replicas, as `kafka-topics` sees them."""
+        out = {}
+        for line in self.describe_topic(topic).splitlines():
+            m = re.search(r"\bPartition: (\d+)\s+Leader: (-?\d+|none)\s+Replicas: ([\d,]*)"
+                          r"\s+Isr: ([\d,]*)", line)
+            if m:
+                leader = None if m.group(2) in ("none", "-1") else int(m.group(2))
+                out[int(m.group(1))] = PartitionState(leader, _broker_ids(m.group(3)),
+                                                      _broker_ids(m.group(4)))
+        if not out:
+            raise KafkaError(f"no partitions of {topic} in kafka-topics --describe")
+        return out
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """partition -> log end offset (`kafka-get-offsets`, latest)."""
+        out = {}
+        for line in self._admin_tool("kafka-get-offsets", "--topic", topic).splitlines():
+            name, partition, offset = line.strip().rsplit(":", 2)
+            if name == topic:
+                out[int(partition)] = int(offset)
+        return out
+
+    def group_offsets(self, group: str) -> dict[tuple[str, int], GroupOffset]:
+        """(topic, partition) -> committed offset, log end offset and lag, from Kafka's own
+        `kafka-consumer-groups --describe` (its table, parsed; '-' is None)."""
+        text = self._admin_tool("kafka-consumer-groups", "--describe", "--group", group)
+        out = {}
+        columns = None
+        for line in text.splitlines():
+            fields = line.split()
+            if fields[:1] == ["GROUP"]:
+                columns = {name: i for i, name in enumerate(fields)}
+            elif columns and len(fields) >= len(columns) - 2 and fields[0] == group:
+                # CONSUMER-ID, HOST and CLIENT-ID come last; the six before them are fixed
+                out[(fields[columns["TOPIC"]], int(fields[columns["PARTITION"]]))] = GroupOffset(
+                    _int_or_none(fields[columns["CURRENT-OFFSET"]]),
+                    _int_or_none(fields[columns["LOG-END-OFFSET"]]),
+                    _int_or_none(fields[columns["LAG"]]))
+        return out
+
+    def reassign_partition(self, topic: str, partition: int, replicas: list[int],
+                           timeout: float = 180) -> PartitionState:
+        """Move a partition to `replicas` (kafka-reassign-partitions), wait until the move is
+        complete, then make replicas[0] its leader (kafka-leader-election, preferred) and wait
+        until it is; return the partition's final state."""
+        plan = {"version": 1, "partitions": [
+            {"topic": topic, "partition": partition, "replicas": list(replicas)}]}
+        deadline = time.monotonic() + timeout
+        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="oke-reassign-") as f:
+            json.dump(plan, f)
+            f.flush()
+            self._admin_tool("kafka-reassign-partitions", "--reassignment-json-file", f.name,
+                             "--execute")
+            while True:
+                verify = self._admin_tool("kafka-reassign-partitions",
+                                          "--reassignment-json-file", f.name, "--verify")
+                if f"{topic}-{partition} is completed" in verify:
+                    break
+                if time.monotonic() > deadline:
+                    raise KafkaError(f"reassignment of {topic}-{partition} to {replicas} not "
+                                     f"complete after {timeout:.0f}s:\n{verify}")
+                time.sleep(1)
+        while True:
+            state = self.partitions(topic)[partition]
+            if state.leader == replicas[0] and state.replicas == tuple(replicas):
+                return state
+            if time.monotonic() > deadline:
+                raise KafkaError(f"{topic}-{partition}: leader {state.leader}, replicas "
+                                 f"{state.replicas}; wanted leader {replicas[0]} of {replicas}")
+            # "already elected" and a transient failure both just mean: look again
+            self.run_tool("kafka-leader-election", "--bootstrap-server", self.direct_bootstrap,
+                          "--election-type", "PREFERRED", "--topic", topic,
+                          "--partition", str(partition))
+            time.sleep(0.5)
 
 
 class ExternalKafka(KafkaTools):
@@ -337,7 +458,7 @@ def _die_with_parent_fn():
 
 
 class KafkaBroker(KafkaTools):
-    """A single-node KRaft Kafka (broker+controller) on 127.0.0.1.
+    """A single-node KRaft Kafka (broker+controller) on 127.0.0.1; also one node of a KafkaCluster.
 
     port: PLAINTEXT port (0 = free port). log_dir: base directory (fresh temp dir if None);
     it holds ``data/`` (log.dirs), ``server.properties``, ``server.log`` and ``jvm.out``.
@@ -352,8 +473,11 @@ class KafkaBroker(KafkaTools):
     def __init__(self, port: int = 0, log_dir: str | os.PathLike | None = None,
                  advertised_port: int | None = None, heap: str = "512m",
                  startup_timeout: float = 120.0, extra_config: dict | None = None,
-                 version: str = KAFKA_VERSION, daemon: bool = False, keep_dir: bool | None = None):
+                 version: str = KAFKA_VERSION, daemon: bool = False, keep_dir: bool | None = None,
+                 node_id: int = 1):
         self.version = version
+        self.node_id = node_id
+        self.voters: str | None = None   # controller.quorum.voters, set by a KafkaCluster
         self._want_port = port
         self._given_dir = log_dir
         self.advertised_port = advertised_port
@@ -424,8 +548,7 @@ class KafkaBroker(KafkaTools):
             inter = "DIRECT"
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
             "controller.listener.names": "CONTROLLER",
             "listeners": ",".join(listeners),
             "advertised.listeners": ",".join(advertised),
@@ -446,6 +569,10 @@ class KafkaBroker(KafkaTools):
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.check.interval.ms": "300000",
         }
+        if self.voters:
+            props["controller.quorum.voters"] = self.voters
+        else:
+            props["controller.quorum.bootstrap.servers"] = f"127.0.0.1:{self.controller_port}"
         props.update({k: str(v) for k, v in self.extra_config.items()})
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -470,6 +597,17 @@ class KafkaBroker(KafkaTools):
         raise AssertionError("unreachable")
 
     def _start_once(self) -> "KafkaBroker":
+        self._allocate()
+        self._format()
+        self._launch()
+        self._wait_ready()
+        return self
+
+    # The steps of a start, apart so that a KafkaCluster can interleave them across its nodes:
+    # every node's ports before any configuration (the voters name them all), every node
+    # launched before any can be ready (a broker serves once the quorum has a leader).
+    def _allocate(self) -> None:
+        """A fresh directory and free ports."""
         if self._given_dir is None:
             self._cleanup_dir()  # a previous attempt's temp dir
             self.log_dir = Path(tempfile.mkdtemp(prefix="oke-kafka-"))
@@ -478,15 +616,18 @@ class KafkaBroker(KafkaTools):
         self._port = self._want_port or free_port()
         self.controller_port = free_port()
         self.direct_port = free_port() if self.advertised_port else None
+
+    def _format(self) -> None:
+        """Write the configuration and format the storage (kafka-storage format)."""
         (self.log_dir / "server.properties").write_text(self._server_properties())
         (self.log_dir / "log4j2.properties").write_text(
             _LOG4J2_BROKER.format(log_file=self.log_file))
         with contextlib.suppress(FileNotFoundError):
             self.log_file.unlink()
-
-        self.cluster_id = _random_cluster_id()
+        self.cluster_id = self.cluster_id or _random_cluster_id()
+        quorum = [] if self.voters else ["--standalone"]   # static voters need no flag
         fmt = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "--standalone",
+            self._java("kafka.tools.StorageTool", "format", *quorum,
                        f"--cluster-id={self.cluster_id}",  # one token: ids may start with '-'
                        "--config", str(self.log_dir / "server.properties"), jvm=_TOOL_JVM),
             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
@@ -494,6 +635,8 @@ class KafkaBroker(KafkaTools):
             raise KafkaError(f"formatting storage in {self.data_dir} failed:\n"
                              f"{fmt.stdout[-2000:]}\n{fmt.stderr[-2000:]}")
 
+    def _launch(self) -> None:
+        """Start the JVM (from the main thread: see the class doc on PR_SET_PDEATHSIG)."""
         jvm_out = open(self.log_dir / "jvm.out", "wb")
         try:
             self.proc = subprocess.Popen(
@@ -512,12 +655,10 @@ class KafkaBroker(KafkaTools):
         else:
             self.pid_file.write_text(f"{self.proc.pid}\n")
             (self.log_dir / "broker.json").write_text(json.dumps({
-                "pid": self.proc.pid, "port": self._port, "bootstrap": self.bootstrap,
-                "controller_port": self.controller_port, "direct_port": self.direct_port,
-                "advertised_port": self.advertised_port, "cluster_id": self.cluster_id,
-                "version": self.version}) + "\n")
-        self._wait_ready()
-        return self
+                "pid": self.proc.pid, "node_id": self.node_id, "port": self._port,
+                "bootstrap": self.bootstrap, "controller_port": self.controller_port,
+                "direct_port": self.direct_port, "advertised_port": self.advertised_port,
+                "cluster_id": self.cluster_id, "version": self.version}) + "\n")
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -604,35 +745,182 @@ def _random_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+# --------------------------------------------------------------------------- cluster
+
+# Replicated internal topics, as on a production cluster (a node's own defaults are single-node).
+_CLUSTER_CONFIG = {
+    "default.replication.factor": 3,
+    "offsets.topic.replication.factor": 3,
+    "offsets.topic.num.partitions": 3,
+    "transaction.state.log.replication.factor": 3,
+    "transaction.state.log.min.isr": 2,
+    "share.coordinator.state.topic.replication.factor": 3,
+    "share.coordinator.state.topic.min.isr": 2,
+}
+
+
+class KafkaCluster(KafkaTools):
+    """Several KRaft nodes on 127.0.0.1, each broker and controller (node ids 1..N, a static
+    quorum of N voters): partitions have leaders on different brokers, and reassignments move
+    them. Each node is a KafkaBroker in ``log_dir/node-<id>``.
+
+    port: the first broker's PLAINTEXT port, the others follow it (0 = free ports).
+    Other arguments as KafkaBroker's, for every node.
+
+        with KafkaCluster() as kc:
+            kc.create_topic("t", partitions=3)            # replication factor 3
+            kc.reassign_partition("t", 0, [3, 1, 2])      # leader now broker 3
+            kc.group_offsets("g")[("t", 0)].lag
+    """
+
+    def __init__(self, brokers: int = 3, port: int = 0, log_dir: str | os.PathLike | None = None,
+                 heap: str = "384m", startup_timeout: float = 120.0,
+                 extra_config: dict | None = None, version: str = KAFKA_VERSION,
+                 daemon: bool = False, keep_dir: bool | None = None):
+        if brokers < 1:
+            raise ValueError("a cluster needs at least one broker")
+        self.version = version
+        self.size = brokers
+        self.default_replication_factor = min(3, brokers)
+        self._want_port = port
+        self._given_dir = log_dir
+        self.log_dir: Path | None = Path(log_dir) if log_dir is not None else None
+        self.keep_dir = (log_dir is not None) if keep_dir is None else keep_dir
+        rf = self.default_replication_factor
+        defaults = {k: min(v, rf) for k, v in _CLUSTER_CONFIG.items()}
+        self._node_args = dict(heap=heap, startup_timeout=startup_timeout, version=version,
+                               daemon=daemon, keep_dir=True,
+                               extra_config={**defaults, **(extra_config or {})})
+        self.nodes: list[KafkaBroker] = []
+        self.cluster_id: str | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        if not self.nodes:
+            raise KafkaError("cluster not started")
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    def node(self, node_id: int) -> KafkaBroker:
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    def __enter__(self) -> "KafkaCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> "KafkaCluster":
+        if self.nodes:
+            return self
+        ensure_kafka_jars(self.version)
+        attempts = 3 if self._want_port == 0 else 1
+        for attempt in range(attempts):
+            try:
+                return self._start_once()
+            except KafkaError as e:
+                self._stop_nodes(grace=5)
+                if "Address already in use" not in str(e) or attempt == attempts - 1:
+                    self._cleanup_dir()
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> "KafkaCluster":
+        if self._given_dir is None:
+            self._cleanup_dir()
+            self.log_dir = Path(tempfile.mkdtemp(prefix="oke-kafka-cluster-"))
+        self.cluster_id = _random_cluster_id()
+        self.nodes = [KafkaBroker(port=self._want_port + i if self._want_port else 0,
+                                  log_dir=self.log_dir / f"node-{i + 1}", node_id=i + 1,
+                                  **self._node_args) for i in range(self.size)]
+        for n in self.nodes:
+            n._allocate()
+            n.cluster_id = self.cluster_id
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+        for n in self.nodes:
+            n.voters = voters
+        with ThreadPoolExecutor(self.size) as pool:   # one storage-tool JVM per node, at once
+            for f in [pool.submit(n._format) for n in self.nodes]:
+                f.result()
+        for n in self.nodes:
+            n._launch()
+        for n in self.nodes:
+            n._wait_ready()
+        if self._node_args["daemon"]:
+            (self.log_dir / "cluster.json").write_text(json.dumps({
+                "bootstrap": self.bootstrap, "cluster_id": self.cluster_id,
+                "nodes": [n.pid for n in self.nodes], "version": self.version}) + "\n")
+        return self
+
+    def _stop_nodes(self, grace: float) -> None:
+        nodes, self.nodes = self.nodes, []
+        with ThreadPoolExecutor(max(1, len(nodes))) as pool:  # all at once: no quorum to wait on
+            list(pool.map(lambda n: n.stop(grace), nodes))
+
+    def _cleanup_dir(self) -> None:
+        if not self.keep_dir and self.log_dir is not None:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM to every node at once, SIGKILL after `grace` seconds."""
+        was_running = bool(self.nodes)
+        self._stop_nodes(grace)
+        if was_running:
+            self._cleanup_dir()
+
+
 # --------------------------------------------------------------------------- CLI
 
-def _run_dir(port: int, d: str | None) -> Path:
-    return Path(d) if d else cache_dir() / "run" / f"kafka-{port}"
+def _run_dir(port: int, brokers: int, d: str | None) -> Path:
+    name = f"kafka-{port}" if brokers == 1 else f"kafka-{port}-{brokers}brokers"
+    return Path(d) if d else cache_dir() / "run" / name
 
 
-def _daemon_pid(run_dir: Path) -> int | None:
-    """pid of the broker started in run_dir if it still runs (checked via its cmdline)."""
+def _node_dirs(run_dir: Path) -> list[Path]:
+    """A single broker runs in run_dir itself, a cluster's nodes in run_dir/node-<id>."""
+    return [run_dir, *sorted(run_dir.glob("node-*"))]
+
+
+def _daemon_pid(node_dir: Path) -> int | None:
+    """pid of the broker started in node_dir if it still runs (checked via its cmdline)."""
     try:
-        pid = int((run_dir / "kafka.pid").read_text().strip())
+        pid = int((node_dir / "kafka.pid").read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    if b"kafka.Kafka" in cmdline and str(run_dir / "server.properties").encode() in cmdline:
+    if b"kafka.Kafka" in cmdline and str(node_dir / "server.properties").encode() in cmdline:
         return pid
     return None
 
 
+def _daemons(run_dir: Path) -> dict[Path, int]:
+    """node dir -> pid of each broker of run_dir that still runs."""
+    return {d: pid for d in _node_dirs(run_dir) if (pid := _daemon_pid(d)) is not None}
+
+
+def _stop_daemons(run_dir: Path) -> list[int]:
+    running = _daemons(run_dir)
+    with ThreadPoolExecutor(max(1, len(running))) as pool:
+        list(pool.map(lambda pid: _terminate(pid, grace=30), running.values()))
+    for d in running:
+        with contextlib.suppress(FileNotFoundError):
+            (d / "kafka.pid").unlink()
+    return sorted(running.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.testbed.kafka",
-                                 description="single-node Kafka test broker on 127.0.0.1")
+                                 description="Kafka test broker (or cluster) on 127.0.0.1")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("jars", help="fetch the Kafka jars (idempotent); print the libs dir")
     for name in ("up", "down", "status"):
         p = sub.add_parser(name)
-        p.add_argument("--port", type=int, default=9092)
+        p.add_argument("--port", type=int, default=9092,
+                       help="the (first) broker's port; a cluster's others follow it")
         p.add_argument("--dir", default=None,
-                       help="run directory (default $OKE_CACHE/run/kafka-PORT)")
+                       help="run directory (default $OKE_CACHE/run/kafka-PORT[-NBROKERSbrokers])")
         if name == "up":
+            p.add_argument("--brokers", type=int, default=1,
+                           help="1: a single node; more: a KRaft cluster of that many nodes")
             p.add_argument("--timeout", type=float, default=120)
     args = ap.parse_args(argv)
 
@@ -640,37 +928,44 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "jars":
             print(ensure_kafka_jars(quiet=False))
             return 0
-        run_dir = _run_dir(args.port, args.dir)
-        pid = _daemon_pid(run_dir)
-        bootstrap = f"127.0.0.1:{args.port}"
-        if args.cmd == "status":
-            if pid is None:
-                print(f"kafka: not running ({run_dir})")
-                return 1
-            try:
-                api_versions("127.0.0.1", args.port, timeout=3)
-            except (OSError, ValueError) as e:
-                print(f"kafka: pid {pid} running but {bootstrap} does not answer ({e})")
-                return 1
-            print(f"kafka: up at {bootstrap} (pid {pid}, {run_dir})")
-            return 0
-        if args.cmd == "down":
-            if pid is None:
-                print(f"kafka: not running ({run_dir})")
+        if args.cmd in ("status", "down"):   # whatever was started at this port
+            run_dirs = ([Path(args.dir)] if args.dir else
+                        [_run_dir(args.port, 1, None),
+                         *sorted((cache_dir() / "run").glob(f"kafka-{args.port}-*brokers"))])
+            found = {d: _daemons(d) for d in run_dirs}
+            found = {d: pids for d, pids in found.items() if pids}
+            if not found:
+                print(f"kafka: not running ({' '.join(map(str, run_dirs))})")
+                return 1 if args.cmd == "status" else 0
+            if args.cmd == "down":
+                for d in found:
+                    print(f"kafka: stopped pid {' '.join(map(str, _stop_daemons(d)))} ({d})")
                 return 0
-            _terminate(pid, grace=30)
-            with contextlib.suppress(FileNotFoundError):
-                (run_dir / "kafka.pid").unlink()
-            print(f"kafka: stopped pid {pid}")
-            return 0
+            code = 0
+            for d, pids in found.items():
+                try:
+                    api_versions("127.0.0.1", args.port, timeout=3)
+                except (OSError, ValueError) as e:
+                    print(f"kafka: pid {' '.join(map(str, pids.values()))} running but "
+                          f"127.0.0.1:{args.port} does not answer ({e})")
+                    code = 1
+                    continue
+                print(f"kafka: up at 127.0.0.1:{args.port}, {len(pids)} broker(s) "
+                      f"(pid {' '.join(map(str, pids.values()))}, {d})")
+            return code
         # up
-        if pid is not None:
+        run_dir = _run_dir(args.port, args.brokers, args.dir)
+        running = _daemons(run_dir)
+        bootstrap = ",".join(f"127.0.0.1:{args.port + i}" for i in range(args.brokers))
+        if len(running) == args.brokers:
             with contextlib.suppress(OSError, ValueError):
                 api_versions("127.0.0.1", args.port, timeout=3)
-                print(f"kafka: already up at {bootstrap} (pid {pid})")
+                print(f"kafka: already up at {bootstrap} (pid "
+                      f"{' '.join(map(str, running.values()))})")
                 print(bootstrap)
                 return 0
-            _terminate(pid, grace=10)  # running but deaf: restart
+        if running:
+            _stop_daemons(run_dir)  # partly up, or running but deaf: restart
         try:
             api_versions("127.0.0.1", args.port, timeout=2)
         except (OSError, ValueError):
@@ -679,15 +974,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kafka: port {args.port} already answers Kafka but was not started from "
                   f"{run_dir}; not starting another", file=sys.stderr)
             return 1
-        b = KafkaBroker(port=args.port, log_dir=run_dir, daemon=True, keep_dir=True,
-                        startup_timeout=args.timeout)
+        kafka = (KafkaBroker(port=args.port, log_dir=run_dir, daemon=True, keep_dir=True,
+                             startup_timeout=args.timeout) if args.brokers == 1 else
+                 KafkaCluster(brokers=args.brokers, port=args.port, log_dir=run_dir,
+                              daemon=True, keep_dir=True, startup_timeout=args.timeout))
         try:
-            b.start()
+            kafka.start()
         except BaseException:
-            b.stop()
+            kafka.stop()
             raise
-        print(f"kafka: up at {b.bootstrap} (pid {b.pid}, log {b.log_file})", file=sys.stderr)
-        print(b.bootstrap)
+        pids = [kafka.pid] if args.brokers == 1 else [n.pid for n in kafka.nodes]
+        print(f"kafka: up at {kafka.bootstrap} (pid {' '.join(map(str, pids))}, {run_dir})",
+              file=sys.stderr)
+        print(kafka.bootstrap)
         return 0
     except KafkaError as e:
         print(f"kafka: {e}", file=sys.stderr)
