@@ -222,7 +222,7 @@ def api_versions(host: str, port: int, timeout: float = 5.0,
     return out
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+def tail_file(path: Path, lines: int = 40) -> str:
     try:
         data = path.read_bytes()[-20000:].decode("utf-8", "replace")
     except OSError:
@@ -428,16 +428,17 @@ class ExternalKafka(KafkaTools):
 
 # --------------------------------------------------------------------------- broker
 
-_live: set["KafkaBroker"] = set()
+# Test-bed servers this process started (brokers, ZooKeeper, Burrow): stopped at exit.
+_live: set = set()
 _live_lock = threading.Lock()
 
 
 def _stop_all_at_exit() -> None:
     with _live_lock:
-        brokers = list(_live)
-    for b in brokers:
+        servers = list(_live)
+    for server in servers:
         with contextlib.suppress(Exception):
-            b.stop()
+            server.stop()
 
 
 atexit.register(_stop_all_at_exit)
@@ -455,6 +456,32 @@ def _die_with_parent_fn():
         if os.getppid() != parent:  # parent already gone
             os._exit(1)
     return preexec
+
+
+def spawn(owner, argv: list[str], out_path: Path, cwd: Path,
+          daemon: bool = False) -> subprocess.Popen:
+    """Start a test-bed server process for `owner` (which has stop()), output to out_path.
+
+    daemon: it outlives this Python process (its own session). Otherwise it is killed when this
+    process exits, however it exits: atexit stops `owner`, and PR_SET_PDEATHSIG covers SIGKILL
+    of the parent (call from the main thread: the kernel ties that signal to the thread that
+    forked)."""
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=cwd, start_new_session=daemon,
+                                preexec_fn=None if daemon else _die_with_parent_fn())
+    if not daemon:
+        with _live_lock:
+            _live.add(owner)
+    return proc
+
+
+def reap(owner, proc: subprocess.Popen | None, grace: float) -> None:
+    """Stop what spawn(owner, ...) started: SIGTERM, SIGKILL after `grace` seconds."""
+    with _live_lock:
+        _live.discard(owner)
+    if proc is not None:
+        terminate(proc.pid, grace, proc)
 
 
 class KafkaBroker(KafkaTools):
@@ -636,23 +663,12 @@ class KafkaBroker(KafkaTools):
                              f"{fmt.stdout[-2000:]}\n{fmt.stderr[-2000:]}")
 
     def _launch(self) -> None:
-        """Start the JVM (from the main thread: see the class doc on PR_SET_PDEATHSIG)."""
-        jvm_out = open(self.log_dir / "jvm.out", "wb")
-        try:
-            self.proc = subprocess.Popen(
-                self._java("kafka.Kafka", str(self.log_dir / "server.properties"),
-                           jvm=[f"-Xmx{self.heap}", *_BROKER_JVM,
-                                f"-Dkafka.logs.dir={self.log_dir}"]),
-                stdin=subprocess.DEVNULL, stdout=jvm_out, stderr=subprocess.STDOUT,
-                cwd=self.log_dir,
-                start_new_session=self.daemon,
-                preexec_fn=None if self.daemon else _die_with_parent_fn())
-        finally:
-            jvm_out.close()
-        if not self.daemon:
-            with _live_lock:
-                _live.add(self)
-        else:
+        """Start the JVM (from the main thread: see spawn())."""
+        self.proc = spawn(self, self._java("kafka.Kafka", str(self.log_dir / "server.properties"),
+                                           jvm=[f"-Xmx{self.heap}", *_BROKER_JVM,
+                                                f"-Dkafka.logs.dir={self.log_dir}"]),
+                          self.log_dir / "jvm.out", self.log_dir, self.daemon)
+        if self.daemon:
             self.pid_file.write_text(f"{self.proc.pid}\n")
             (self.log_dir / "broker.json").write_text(json.dumps({
                 "pid": self.proc.pid, "node_id": self.node_id, "port": self._port,
@@ -679,16 +695,12 @@ class KafkaBroker(KafkaTools):
                          f"(last probe: {last})\n{self._diagnostics()}")
 
     def _diagnostics(self) -> str:
-        return (f"--- {self.log_file} (tail) ---\n{_tail(self.log_file)}\n"
-                f"--- {self.log_dir / 'jvm.out'} (tail) ---\n{_tail(self.log_dir / 'jvm.out', 20)}")
+        return (f"--- {self.log_file} (tail) ---\n{tail_file(self.log_file)}\n"
+                f"--- {self.log_dir / 'jvm.out'} (tail) ---\n{tail_file(self.log_dir / 'jvm.out', 20)}")
 
     def _kill(self, grace: float = 20.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with _live_lock:
-            _live.discard(self)
-        _terminate(proc.pid, grace, proc)
+        reap(self, proc, grace)
 
     def _cleanup_dir(self) -> None:
         if not self.keep_dir and self.log_dir is not None:
@@ -705,7 +717,7 @@ class KafkaBroker(KafkaTools):
             self._cleanup_dir()
 
 
-def _terminate(pid: int, grace: float, proc: subprocess.Popen | None = None) -> None:
+def terminate(pid: int, grace: float, proc: subprocess.Popen | None = None) -> None:
     """SIGTERM the process (and its process group if it leads one), then SIGKILL."""
     def send(sig):
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -880,16 +892,19 @@ def _node_dirs(run_dir: Path) -> list[Path]:
     return [run_dir, *sorted(run_dir.glob("node-*"))]
 
 
-def _daemon_pid(node_dir: Path) -> int | None:
-    """pid of the broker started in node_dir if it still runs (checked via its cmdline)."""
+def daemon_pid(pid_file: Path, *cmdline: str) -> int | None:
+    """The pid in pid_file if that process still runs with all of `cmdline` among its arguments."""
     try:
-        pid = int((node_dir / "kafka.pid").read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        pid = int(pid_file.read_text().strip())
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    if b"kafka.Kafka" in cmdline and str(node_dir / "server.properties").encode() in cmdline:
-        return pid
-    return None
+    return pid if all(part.encode() in args for part in cmdline) else None
+
+
+def _daemon_pid(node_dir: Path) -> int | None:
+    """pid of the broker started in node_dir if it still runs."""
+    return daemon_pid(node_dir / "kafka.pid", "kafka.Kafka", str(node_dir / "server.properties"))
 
 
 def _daemons(run_dir: Path) -> dict[Path, int]:
@@ -900,7 +915,7 @@ def _daemons(run_dir: Path) -> dict[Path, int]:
 def _stop_daemons(run_dir: Path) -> list[int]:
     running = _daemons(run_dir)
     with ThreadPoolExecutor(max(1, len(running))) as pool:
-        list(pool.map(lambda pid: _terminate(pid, grace=30), running.values()))
+        list(pool.map(lambda pid: terminate(pid, grace=30), running.values()))
     for d in running:
         with contextlib.suppress(FileNotFoundError):
             (d / "kafka.pid").unlink()
