@@ -75,7 +75,7 @@ func fail(code int, format string, args ...any) error {
 func parseOptions(args []string) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("workload", flag.ContinueOnError)
-	fs.StringVar(&o.bootstrap, "bootstrap", "", "broker HOST:PORT (required)")
+	fs.StringVar(&o.bootstrap, "bootstrap", "", "broker HOST:PORT[,HOST:PORT...] (required)")
 	fs.StringVar(&o.topic, "topic", "", "topic (required)")
 	fs.IntVar(&o.partitions, "partitions", 1, "partitions when the topic is created")
 	fs.IntVar(&o.messages, "messages", 100, "messages to produce and consume")
@@ -338,7 +338,7 @@ func work(ctx context.Context, o *options, t *truth) (produced, consumed int, er
 
 // prepareTopic creates the topic if missing and returns the partitions' end offsets.
 func prepareTopic(ctx context.Context, o *options) (map[int32]int64, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(o.bootstrap), kgo.ClientID(o.clientID+"-admin"))
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(o.bootstrap, ",")...), kgo.ClientID(o.clientID+"-admin"))
 	if err != nil {
 		return nil, fail(exitError, "admin client: %v", err)
 	}
@@ -374,7 +374,7 @@ func prepareTopic(ctx context.Context, o *options) (map[int32]int64, error) {
 
 func producerOptions(o *options) []kgo.Opt {
 	opts := []kgo.Opt{
-		kgo.SeedBrokers(o.bootstrap),
+		kgo.SeedBrokers(strings.Split(o.bootstrap, ",")...),
 		kgo.ClientID(o.clientID + "-p"),
 		kgo.DefaultProduceTopic(o.topic),
 		kgo.ProducerLinger(time.Duration(o.lingerMs) * time.Millisecond),
@@ -508,7 +508,7 @@ func produce(ctx context.Context, o *options, t *truth) (int, error) {
 
 func consumerOptions(o *options) []kgo.Opt {
 	opts := []kgo.Opt{
-		kgo.SeedBrokers(o.bootstrap),
+		kgo.SeedBrokers(strings.Split(o.bootstrap, ",")...),
 		kgo.ClientID(o.clientID + "-c"),
 		kgo.ConsumerGroup(o.group),
 		kgo.ConsumeTopics(o.topic),
