@@ -129,18 +129,75 @@ def _from_json(line: str, signal: str):
     return json_format.ParseDict(obj, _REQUESTS[signal](), ignore_unknown_fields=True)
 
 
+def parse_json_line(line: str):
+    """One OTLP/JSON request (a line of a file exporter's output) -> (signal, protobuf request);
+    None for a blank line or one that is no known request."""
+    if not line.strip():
+        return None
+    obj = json.loads(line)
+    signal = ("traces" if "resourceSpans" in obj else "metrics" if "resourceMetrics" in obj
+              else "logs" if "resourceLogs" in obj else None)
+    return (signal, _from_json(line, signal)) if signal else None
+
+
 def read_json_lines(path: str | Path) -> dict[str, list]:
     """The requests of an OTLP/JSON-lines file (the agent's or the Collector's file exporter), by signal."""
     out: dict[str, list] = {"traces": [], "metrics": [], "logs": []}
     text = Path(path).read_text(encoding="utf-8") if Path(path).exists() else ""
     for line in text.splitlines():
-        if not line.strip():
-            continue
-        obj = json.loads(line)
-        signal = ("traces" if "resourceSpans" in obj else "metrics" if "resourceMetrics" in obj
-                  else "logs" if "resourceLogs" in obj else None)
-        if signal:
-            out[signal].append(_from_json(line, signal))
+        parsed = parse_json_line(line)
+        if parsed:
+            out[parsed[0]].append(parsed[1])
+    return out
+
+
+@dataclass
+class LogRecord:
+    event_name: str
+    time_ns: int          # the record's time, else its observed time
+    attributes: dict
+    resource: dict
+    body: object = None
+
+
+def log_records_of(requests: Iterable[ExportLogsServiceRequest]) -> list[LogRecord]:
+    out = []
+    for req in requests:
+        for rl in req.resource_logs:
+            resource = _attrs(rl.resource.attributes)
+            for sl in rl.scope_logs:
+                for r in sl.log_records:
+                    attrs = _attrs(r.attributes)
+                    out.append(LogRecord(r.event_name or str(attrs.get("event.name", "")),
+                                         r.time_unix_nano or r.observed_time_unix_nano, attrs, resource,
+                                         _value(r.body) if r.HasField("body") else None))
+    return out
+
+
+@dataclass
+class MetricPoint:
+    name: str
+    time_ns: int
+    value: float
+    attributes: dict
+    resource: dict
+
+
+def number_points_of(requests: Iterable[ExportMetricsServiceRequest]) -> list[MetricPoint]:
+    """Every data point of every gauge and sum."""
+    out = []
+    for req in requests:
+        for rm in req.resource_metrics:
+            resource = _attrs(rm.resource.attributes)
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    kind = m.WhichOneof("data")
+                    if kind not in ("gauge", "sum"):
+                        continue
+                    for dp in getattr(m, kind).data_points:
+                        value = dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int
+                        out.append(MetricPoint(m.name, dp.time_unix_nano, value, _attrs(dp.attributes),
+                                               resource))
     return out
 
 
