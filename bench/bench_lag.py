@@ -203,16 +203,17 @@ class AgentReporter(Reporter):
         self.out = out
         self.group = group
         self.topic = topic
-        args = ["--exporter", "file", "--file-path", str(out)]
+        self.args = ["--exporter", "file", "--file-path", str(out)]
         for pid in pids:
-            args += ["--capture-pid", str(pid)]
-        self.cli = AgentCLI("run", *args, ready="exporting", env={"OTEL_METRIC_EXPORT_INTERVAL": "1000"})
+            self.args += ["--capture-pid", str(pid)]
+        self.cli: AgentCLI | None = None
         self.lines = 0
         self.status_records = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tail, name="agent-tail", daemon=True)
 
     def start(self, timeout: float = 60) -> None:
+        self.cli = AgentCLI("run", *self.args, ready="exporting", env={"OTEL_METRIC_EXPORT_INTERVAL": "1000"})
         entered = threading.Thread(target=self.cli.__enter__, daemon=True)
         entered.start()
         entered.join(timeout)

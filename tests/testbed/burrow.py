@@ -37,7 +37,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.testbed.kafka import (KAFKA_VERSION, KafkaError, cache_dir, daemon_pid, ensure_maven_jars,
-                                 free_port, reap, spawn, tail_file, terminate)
+                                 free_port, reap, spawn, tail_file, terminate, wait_ready)
 
 ZOOKEEPER_VERSION = os.environ.get("OKE_ZOOKEEPER_VERSION", "3.9.5")
 ZOOKEEPER_POM = Path(__file__).resolve().parent / "zookeeper" / "pom.xml"
@@ -100,20 +100,8 @@ class _Server:
         if self.daemon:
             self.pid_file.write_text(f"{self.proc.pid}\n")
 
-    def _wait(self, ready, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BurrowError(f"{self.name} exited with code {self.proc.returncode}\n"
-                                  f"{tail_file(self.out)}")
-            try:
-                if ready():
-                    return
-            except (OSError, ValueError) as e:
-                last = repr(e)
-            time.sleep(0.2)
-        raise BurrowError(f"{self.name} not {what} after {timeout:.0f}s (last: {last})\n{tail_file(self.out)}")
+    def _wait(self, ready, timeout: float) -> None:
+        wait_ready(self.name, self.proc, ready, timeout, lambda: tail_file(self.out))
 
     def stop(self, grace: float = 10.0) -> None:
         proc, self.proc = self.proc, None
@@ -150,7 +138,7 @@ class ZooKeeper(_Server):
         self._spawn(["java", "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                      "-cp", f"{libs}/*", "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)])
         # `srvr` answers "not currently serving requests" until the server really runs
-        self._wait(lambda: "Mode: standalone" in _four_letter_word(self.port, "srvr"), timeout, "serving")
+        self._wait(lambda: "Mode: standalone" in _four_letter_word(self.port, "srvr"), timeout)
         return self
 
 
@@ -244,7 +232,7 @@ expire-cache = 10
         for stale in (self.log_file, self.workdir / "burrow.run.pid"):
             stale.unlink(missing_ok=True)
         self._spawn([binary, "--config-dir", str(conf)])
-        self._wait(lambda: self._http("/burrow/admin").strip() == "GOOD", timeout, "answering")
+        self._wait(lambda: self._http("/burrow/admin").strip() == "GOOD", timeout)
         return self
 
     def _http(self, path: str, timeout: float = 5.0) -> str:

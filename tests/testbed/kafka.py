@@ -610,18 +610,7 @@ class KafkaBroker(KafkaTools):
     def start(self) -> "KafkaBroker":
         if self.proc is not None:
             return self
-        ensure_kafka_jars(self.version)
-        attempts = 3 if self._want_port == 0 else 1
-        for attempt in range(attempts):
-            try:
-                return self._start_once()
-            except KafkaError as e:
-                bind_clash = "Address already in use" in str(e)
-                self._kill()
-                if not bind_clash or attempt == attempts - 1:
-                    self._cleanup_dir()
-                    raise
-        raise AssertionError("unreachable")
+        return _start_retrying(self, abort=self._kill)
 
     def _start_once(self) -> "KafkaBroker":
         self._allocate()
@@ -677,22 +666,10 @@ class KafkaBroker(KafkaTools):
                 "cluster_id": self.cluster_id, "version": self.version}) + "\n")
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        last = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise KafkaError(f"Kafka exited with code {self.proc.returncode} during "
-                                 f"startup\n{self._diagnostics()}")
-            try:
-                apis = self.api_versions(timeout=2.0)
-                if 0 in apis and 1 in apis:
-                    return
-                last = f"ApiVersions lacks Produce/Fetch: {sorted(apis)}"
-            except (OSError, ValueError, struct.error) as e:
-                last = repr(e)
-            time.sleep(0.25)
-        raise KafkaError(f"Kafka on {self.bootstrap} not ready after {self.startup_timeout:.0f}s "
-                         f"(last probe: {last})\n{self._diagnostics()}")
+        def probe():
+            apis = self.api_versions(timeout=2.0)
+            return (0 in apis and 1 in apis) or f"ApiVersions lacks Produce/Fetch: {sorted(apis)}"
+        wait_ready(f"Kafka on {self.bootstrap}", self.proc, probe, self.startup_timeout, self._diagnostics)
 
     def _diagnostics(self) -> str:
         return (f"--- {self.log_file} (tail) ---\n{tail_file(self.log_file)}\n"
@@ -715,6 +692,41 @@ class KafkaBroker(KafkaTools):
                 self.pid_file.unlink()
         if was_running:
             self._cleanup_dir()
+
+
+def _start_retrying(server, abort):
+    """server._start_once(); on free ports, again (3 tries) when one was taken before it was bound.
+    After a failure, abort() stops what had started and the server's temp dir goes."""
+    ensure_kafka_jars(server.version)
+    attempts = 3 if server._want_port == 0 else 1
+    for attempt in range(attempts):
+        try:
+            return server._start_once()
+        except KafkaError as e:
+            abort()
+            if "Address already in use" not in str(e) or attempt == attempts - 1:
+                server._cleanup_dir()
+                raise
+    raise AssertionError("unreachable")
+
+
+def wait_ready(name: str, proc: subprocess.Popen, probe, timeout: float, diagnostics) -> None:
+    """Poll probe() until it returns True (anything else, or OSError/ValueError/struct.error,
+    says why not yet); KafkaError if proc exits or `timeout` seconds pass, with diagnostics()."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise KafkaError(f"{name} exited with code {proc.returncode} during startup\n{diagnostics()}")
+        try:
+            got = probe()
+            if got is True:
+                return
+            last = got
+        except (OSError, ValueError, struct.error) as e:
+            last = repr(e)
+        time.sleep(0.25)
+    raise KafkaError(f"{name} not ready after {timeout:.0f}s (last probe: {last})\n{diagnostics()}")
 
 
 def terminate(pid: int, grace: float, proc: subprocess.Popen | None = None) -> None:
@@ -824,17 +836,7 @@ class KafkaCluster(KafkaTools):
     def start(self) -> "KafkaCluster":
         if self.nodes:
             return self
-        ensure_kafka_jars(self.version)
-        attempts = 3 if self._want_port == 0 else 1
-        for attempt in range(attempts):
-            try:
-                return self._start_once()
-            except KafkaError as e:
-                self._stop_nodes(grace=5)
-                if "Address already in use" not in str(e) or attempt == attempts - 1:
-                    self._cleanup_dir()
-                    raise
-        raise AssertionError("unreachable")
+        return _start_retrying(self, abort=lambda: self._stop_nodes(grace=5))
 
     def _start_once(self) -> "KafkaCluster":
         if self._given_dir is None:

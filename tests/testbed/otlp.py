@@ -96,17 +96,28 @@ class InMemoryTransport:
         return [ExportLogsServiceRequest.FromString(p) for s, p in self.requests if s == "logs"]
 
 
+_ITEMS = {"traces": ("resource_spans", "scope_spans", "spans"),
+          "logs": ("resource_logs", "scope_logs", "log_records"),
+          "metrics": ("resource_metrics", "scope_metrics", "metrics")}
+
+
+def _items(requests: Iterable, signal: str):
+    """(resource attributes, item) for every span, log record or metric of the requests."""
+    per_resource, per_scope, items = _ITEMS[signal]
+    for req in requests:
+        for r in getattr(req, per_resource):
+            resource = _attrs(r.resource.attributes)
+            for scope in getattr(r, per_scope):
+                for item in getattr(scope, items):
+                    yield resource, item
+
+
 def spans_of(requests: Iterable[ExportTraceServiceRequest]) -> list[Span]:
     out = []
-    for req in requests:
-        for rs in req.resource_spans:
-            resource = _attrs(rs.resource.attributes)
-            for ss in rs.scope_spans:
-                for s in ss.spans:
-                    out.append(Span(s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), s.name, s.kind,
-                                    s.start_time_unix_nano, s.end_time_unix_nano, _attrs(s.attributes), resource,
-                                    [(ln.trace_id.hex(), ln.span_id.hex()) for ln in s.links], s.status.code,
-                                    s.flags))
+    for resource, s in _items(requests, "traces"):
+        out.append(Span(s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), s.name, s.kind,
+                        s.start_time_unix_nano, s.end_time_unix_nano, _attrs(s.attributes), resource,
+                        [(ln.trace_id.hex(), ln.span_id.hex()) for ln in s.links], s.status.code, s.flags))
     return out
 
 
@@ -162,15 +173,11 @@ class LogRecord:
 
 def log_records_of(requests: Iterable[ExportLogsServiceRequest]) -> list[LogRecord]:
     out = []
-    for req in requests:
-        for rl in req.resource_logs:
-            resource = _attrs(rl.resource.attributes)
-            for sl in rl.scope_logs:
-                for r in sl.log_records:
-                    attrs = _attrs(r.attributes)
-                    out.append(LogRecord(r.event_name or str(attrs.get("event.name", "")),
-                                         r.time_unix_nano or r.observed_time_unix_nano, attrs, resource,
-                                         _value(r.body) if r.HasField("body") else None))
+    for resource, r in _items(requests, "logs"):
+        attrs = _attrs(r.attributes)
+        out.append(LogRecord(r.event_name or str(attrs.get("event.name", "")),
+                             r.time_unix_nano or r.observed_time_unix_nano, attrs, resource,
+                             _value(r.body) if r.HasField("body") else None))
     return out
 
 
@@ -186,18 +193,12 @@ class MetricPoint:
 def number_points_of(requests: Iterable[ExportMetricsServiceRequest]) -> list[MetricPoint]:
     """Every data point of every gauge and sum."""
     out = []
-    for req in requests:
-        for rm in req.resource_metrics:
-            resource = _attrs(rm.resource.attributes)
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    kind = m.WhichOneof("data")
-                    if kind not in ("gauge", "sum"):
-                        continue
-                    for dp in getattr(m, kind).data_points:
-                        value = dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int
-                        out.append(MetricPoint(m.name, dp.time_unix_nano, value, _attrs(dp.attributes),
-                                               resource))
+    for resource, m in _items(requests, "metrics"):
+        kind = m.WhichOneof("data")
+        if kind in ("gauge", "sum"):
+            for dp in getattr(m, kind).data_points:
+                value = dp.as_double if dp.WhichOneof("value") == "as_double" else dp.as_int
+                out.append(MetricPoint(m.name, dp.time_unix_nano, value, _attrs(dp.attributes), resource))
     return out
 
 
