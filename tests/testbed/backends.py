@@ -50,7 +50,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
-from tests.testbed.kafka import _die_with_parent_fn, _tail, _terminate, cache_dir, free_port
+from tests.testbed.kafka import _die_with_parent_fn, cache_dir, free_port, tail_file, terminate
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -281,7 +281,7 @@ class Backend:
 
     def logs(self, lines: int = 60) -> str:
         """The last lines of the process's log (for assertion messages)."""
-        return f"--- {self.log_file} (tail) ---\n{_tail(self.log_file, lines)}"
+        return f"--- {self.log_file} (tail) ---\n{tail_file(self.log_file, lines)}"
 
     def _log_since_start(self) -> str:
         try:
@@ -354,7 +354,7 @@ class Backend:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        _terminate(proc.pid, grace, proc)
+        terminate(proc.pid, grace, proc)
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM (a clean shutdown: queues flushed), SIGKILL after `grace` s. Ports and work
@@ -871,7 +871,7 @@ def _live_pids(run_dir: Path) -> dict[str, int]:
 
 def _cli_down(run_dir: Path) -> None:
     for name, pid in _live_pids(run_dir).items():
-        _terminate(pid, grace=10)
+        terminate(pid, grace=10)
         print(f"backends: stopped {name} (pid {pid})")
     with contextlib.suppress(FileNotFoundError):
         (run_dir / _STATE).unlink()
