@@ -362,8 +362,8 @@ def summarize(reporter: Reporter, windows: list[tuple[float, float]], truth: Tru
     }
 
 
-def fmt(x: float | None, unit: str = "s") -> str:
-    return "-" if x is None else f"{x:.1f} {unit}"
+def fmt(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f} s"
 
 
 def ratio(a: float | None, b: float | None) -> str:
@@ -445,7 +445,7 @@ def report(result: dict) -> None:
           f"{cfg['client']} producer at {cfg['rate_per_s']}/s, 3 partitions x RF 3 on 3 brokers (Kafka "
           f"{result['kafka']}, cluster up in {cfg['cluster_up_s']} s)")
     print(f"  {'reporter':<8} {'detection median':>17} {'per stop (s)':<28} {'missed':>6}  "
-          f"{'lag-s error: median':>19} {'p90':>8} {'bias':>8} {'n':>5}")
+          f"{'lag-s error: |median|':>21} {'p90':>8} {'bias':>8} {'n':>5}")
     rows = result["reporters"]
     for name, r in rows.items():
         if not r["available"]:
@@ -454,7 +454,8 @@ def report(result: dict) -> None:
         per_stop = ", ".join("-" if d is None else f"{d['after_s']:.1f}" for d in r["detections"])
         e = r["lag_seconds_error"]
         print(f"  {name:<8} {fmt(r['detection_median_s']):>17} {'[' + per_stop + ']':<28} {r['missed']:>6}  "
-              f"{fmt(e['median_abs_s']):>19} {fmt(e['p90_abs_s']):>8} {fmt(e['mean_s']):>8} {e['samples']:>5}")
+              f"{fmt(e['median_abs_s'], 3):>21} {fmt(e['p90_abs_s'], 3):>8} {fmt(e['mean_s'], 3):>8} "
+              f"{e['samples']:>5}")
     agent, poller = rows["agent"], rows["poller"]
     if agent["available"]:
         print(f"  poller / agent: detection {ratio(poller['detection_median_s'], agent['detection_median_s'])}, "

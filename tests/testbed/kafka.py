@@ -42,7 +42,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 KAFKA_VERSION = os.environ.get("OKE_KAFKA_VERSION", "4.2.1")
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
@@ -240,9 +240,9 @@ class PartitionState:
     isr: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class GroupOffset:
-    """One row of `kafka-consumer-groups --describe` (None where the tool shows '-')."""
+class GroupOffset(NamedTuple):
+    """One row of `kafka-consumer-groups --describe`: (committed, log_end, lag); None where the
+    tool shows '-'."""
     committed: int | None
     log_end: int | None
     lag: int | None
