@@ -31,6 +31,13 @@ help:
 
 include $(sort $(wildcard $(ROOT)/make/*.mk))
 
+# $(call apt_one,PKG): a recipe line installing one Debian package behind its own stamp (a package
+# only some targets need), unless it is there.
+apt_one = dpkg -s $(1) >/dev/null 2>&1 || { \
+	  echo "installing Debian package: $(1)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(1) >/dev/null; }
+
 .PHONY: apt-deps
 apt-deps: $(STAMP)/apt
 $(STAMP)/apt:

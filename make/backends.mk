@@ -22,10 +22,7 @@ backends: venv $(STAMP)/apt-prometheus  ## build/install the Collector, Jaeger a
 # Installing the package does not start its service here (the image's policy-rc.d forbids it);
 # the test bed runs its own instances on free ports either way.
 $(STAMP)/apt-prometheus: | $(STAMP)/apt
-	$(Q)dpkg -s prometheus >/dev/null 2>&1 || { \
-	  echo "installing Debian package: prometheus"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	$(Q)$(call apt_one,prometheus)
 	$(Q)touch $@
 
 backends-up: backends  ## Collector (OTLP 127.0.0.1:$(BACKENDS_OTLP_PORT)), Jaeger, Prometheus in the background

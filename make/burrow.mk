@@ -8,10 +8,7 @@ burrow-jars: venv apt-deps $(STAMP)/apt-burrow  ## Burrow, and the ZooKeeper jar
 
 # The package starts no service here; the test bed runs its own Burrow on free ports either way.
 $(STAMP)/apt-burrow: | $(STAMP)/apt
-	$(Q)dpkg -s burrow >/dev/null 2>&1 || { \
-	  echo "installing Debian package: burrow"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends burrow >/dev/null; }
+	$(Q)$(call apt_one,burrow)
 	$(Q)touch $@
 
 burrow-up: burrow-jars  ## ZooKeeper + Burrow in the background, watching the Kafka of kafka-up
