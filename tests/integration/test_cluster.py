@@ -48,7 +48,7 @@ def test_reassignment_under_traffic_loses_no_offset(kafka_cluster, request, tmp_
     newcomer = ({1, 2, 3} - set(before.replicas)).pop()
     target = [newcomer, before.leader]
     group = f"{topic}-g"
-    opts = dict(partitions=3, messages=8000, timeout_s=120)
+    opts = dict(partitions=3, messages=9000, timeout_s=120)
     with start_workload("go", kafka_cluster.bootstrap, topic, tmp_path / "c.jsonl", mode="consume",
                         group=group, **opts) as consumer, \
             start_workload("go", kafka_cluster.bootstrap, topic, tmp_path / "p.jsonl", mode="produce",

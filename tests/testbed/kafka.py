@@ -375,38 +375,57 @@ class KafkaTools:
 
     def reassign_partition(self, topic: str, partition: int, replicas: list[int],
                            timeout: float = 180) -> PartitionState:
-        """Move a partition to `replicas` (kafka-reassign-partitions), wait until the move is
-        complete, then make replicas[0] its leader (kafka-leader-election, preferred) and wait
-        until it is; return the partition's final state."""
+        """Move a partition to `replicas` (kafka-reassign-partitions --execute), wait until the move
+        is complete, then make replicas[0] its leader (kafka-leader-election, preferred) and wait
+        until it is; return the partition's final state. The waiting reads metadata through the
+        Admin API (kafka-python): a tool run per look would take seconds each."""
+        from kafka.admin import KafkaAdminClient
+
         plan = {"version": 1, "partitions": [
             {"topic": topic, "partition": partition, "replicas": list(replicas)}]}
+        want = tuple(replicas)
         deadline = time.monotonic() + timeout
-        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="oke-reassign-") as f:
-            json.dump(plan, f)
-            f.flush()
-            self._admin_tool("kafka-reassign-partitions", "--reassignment-json-file", f.name,
-                             "--execute")
+        admin = KafkaAdminClient(bootstrap_servers=self.direct_bootstrap.split(","),
+                                 client_id="oke-testbed-reassign")
+
+        def state() -> PartitionState:
+            (desc,) = admin.describe_topics([topic])
+            p = next(p for p in desc["partitions"] if p["partition_index"] == partition)
+            return PartitionState(p["leader_id"] if p["leader_id"] >= 0 else None,
+                                  tuple(p["replica_nodes"]), tuple(p["isr_nodes"]))
+
+        def wait(done, what: str, within: float) -> PartitionState | None:
+            """The state once done(state); None if not within `within` s; KafkaError at the deadline."""
+            until = min(deadline, time.monotonic() + within)
             while True:
-                verify = self._admin_tool("kafka-reassign-partitions",
-                                          "--reassignment-json-file", f.name, "--verify")
-                if f"{topic}-{partition} is completed" in verify:
-                    break
+                now = state()
+                if done(now):
+                    return now
                 if time.monotonic() > deadline:
-                    raise KafkaError(f"reassignment of {topic}-{partition} to {replicas} not "
-                                     f"complete after {timeout:.0f}s:\n{verify}")
-                time.sleep(1)
-        while True:
-            state = self.partitions(topic)[partition]
-            if state.leader == replicas[0] and state.replicas == tuple(replicas):
-                return state
-            if time.monotonic() > deadline:
-                raise KafkaError(f"{topic}-{partition}: leader {state.leader}, replicas "
-                                 f"{state.replicas}; wanted leader {replicas[0]} of {replicas}")
-            # "already elected" and a transient failure both just mean: look again
-            self.run_tool("kafka-leader-election", "--bootstrap-server", self.direct_bootstrap,
-                          "--election-type", "PREFERRED", "--topic", topic,
-                          "--partition", str(partition))
-            time.sleep(0.5)
+                    raise KafkaError(f"{topic}-{partition} {what} after {timeout:.0f}s: {now}")
+                if time.monotonic() > until:
+                    return None
+                time.sleep(0.2)
+
+        try:
+            with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="oke-reassign-") as f:
+                json.dump(plan, f)
+                f.flush()
+                self._admin_tool("kafka-reassign-partitions", "--reassignment-json-file", f.name,
+                                 "--execute")
+            now = wait(lambda now: (now.replicas == want and set(now.isr) == set(want)
+                                    and not admin.list_partition_reassignments({topic: [partition]})),
+                       f"not moved to {replicas}", timeout)
+            while now.leader != replicas[0]:
+                # an election that did not take (yet) is simply run again
+                self.run_tool("kafka-leader-election", "--bootstrap-server", self.direct_bootstrap,
+                              "--election-type", "PREFERRED", "--topic", topic,
+                              "--partition", str(partition))
+                now = (wait(lambda now: now.leader == replicas[0], f"not led by {replicas[0]}", 5)
+                       or state())
+            return now
+        finally:
+            admin.close()
 
 
 class ExternalKafka(KafkaTools):
