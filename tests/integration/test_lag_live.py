@@ -10,7 +10,7 @@ import pytest
 
 from tests.testbed.agent_cli import AgentCLI
 from tests.testbed.otlp import read_json_lines, spans_of
-from tests.workloads import CLIENTS, Workload
+from tests.workloads import CLIENTS, Workload, run_workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.bpf,
               pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")]
@@ -325,3 +325,67 @@ def test_lag_of_a_stopped_consumer_grows_though_its_producer_is_on_another_node(
                 producer.kill()
                 consumer.kill()
     assert len(lag) >= 4 and lag == sorted(lag) and lag[-1] - lag[0] >= 150, lag  # 100/s for 2.5 s and more
+
+
+def test_lag_at_rest_is_the_brokers_across_a_reassignment_and_a_restart(kafka_cluster, request, tmp_path):
+    """Three brokers. A consumer falls behind, catches up halfway and commits; the agent's lag per partition is
+    what Kafka's own consumer-groups tool says. A partition's leader then moves to another broker while a
+    restarted consumer (a new process of the same group) takes another part: the lag is the broker's again,
+    and never negative anywhere in between."""
+    from tests.testbed.fixtures import unique_name
+
+    topic = kafka_cluster.create_topic(unique_name(request), partitions=3)
+    group = f"{topic}-g"
+    out = tmp_path / "otlp.jsonl"
+    ports = [str(n.port) for n in kafka_cluster.nodes]
+    port_args = [a for p in ports for a in ("--kafka-port", p)]
+    bootstrap = kafka_cluster.bootstrap
+    opts = dict(partitions=3, size=100, timeout_s=120)
+
+    def agent_lag() -> dict[int, int]:
+        """partition -> the group's lag at the agent's latest export."""
+        points = [(p.time_unix_nano, int(a["messaging.destination.partition.id"]), p.as_int)
+                  for _, a, p in _file_points(out, "messaging.kafka.consumer.lag")
+                  if a["messaging.consumer.group.name"] == group and a["messaging.destination.name"] == topic]
+        last = max(t for t, _, _ in points)
+        return {part: v for t, part, v in points if t == last}
+
+    def broker_lag() -> dict[int, int]:
+        return {p: g.lag for (t, p), g in kafka_cluster.group_offsets(group).items() if t == topic}
+
+    with run_agent(out, *port_args, "--ports-only"):
+        run_workload("go", bootstrap, topic, tmp_path / "p.jsonl", mode="produce", messages=3000,
+                             linger_ms=5, **opts)
+        run_workload("java", bootstrap, topic, tmp_path / "c1.jsonl", mode="consume", group=group,
+                             messages=1500, **opts)
+        time.sleep(3)  # exported at rest
+        first = broker_lag()
+        assert sum(first.values()) > 0 and wait_for(lambda: agent_lag() == first, 10), (agent_lag(), first)
+        leader = kafka_cluster.partitions(topic)[0].leader
+        others = [n for n in (1, 2, 3) if n != leader]
+        with Workload("go", bootstrap, topic, tmp_path / "c2.jsonl", mode="consume", group=group, messages=900,
+                      process_ms=5, **opts) as restarted:
+            kafka_cluster.reassign_partition(topic, 0, [others[0], others[1], leader])
+            restarted.wait()
+        assert kafka_cluster.partitions(topic)[0].leader == others[0]
+        time.sleep(3)
+        second = broker_lag()
+        assert sum(second.values()) < sum(first.values())
+        assert wait_for(lambda: agent_lag() == second, 10), (agent_lag(), second)
+    lags = [p.as_int for _, a, p in _file_points(out, "messaging.kafka.consumer.lag")
+            if a["messaging.destination.name"] == topic]
+    assert lags and min(lags) >= 0
+
+
+def _file_points(path, name: str) -> list[tuple[dict, dict, object]]:
+    """(resource attributes, point attributes, point) of every gauge point of `name` in an OTLP/JSON file."""
+    out = []
+    for req in read_json_lines(path)["metrics"]:
+        for rm in req.resource_metrics:
+            res = {kv.key: kv.value.string_value or kv.value.int_value for kv in rm.resource.attributes}
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if m.name == name:
+                        for p in m.gauge.data_points:
+                            out.append((res, {kv.key: kv.value.string_value for kv in p.attributes}, p))
+    return out
