@@ -18,6 +18,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.bpf,
 SEND, POLL = 4, 5
 
 
+@pytest.fixture
+def cluster(kafka_cluster, request):
+    """The 3-broker test bed: (the cluster, make_topic(partitions), the agent's --kafka-port arguments)."""
+    from tests.testbed.fixtures import unique_name
+
+    def make_topic(partitions: int) -> str:
+        return kafka_cluster.create_topic(unique_name(request), partitions=partitions)
+
+    ports = [a for n in kafka_cluster.nodes for a in ("--kafka-port", str(n.port))]
+    return kafka_cluster, make_topic, ports
+
+
 def run_agent(out, *args: str) -> AgentCLI:
     return AgentCLI("run", "--exporter", "file", "--file-path", str(out), *args, ready="exporting")
 
@@ -172,24 +184,25 @@ def wait_for(probe, timeout_s: float):
 
 
 @pytest.mark.parametrize("how", ["sigstop", "sigkill", "hang"])
-def test_a_stopped_consumer_is_reported_within_a_second(kafka_broker, topic_factory, tmp_path, collector_factory, how):
+def test_a_stopped_consumer_is_reported_within_a_second(cluster, tmp_path, collector_factory, how):
     """While its producer goes on, a consumer is stopped (SIGSTOP), killed (SIGKILL) or hangs in its handler: the
     agent says STALL or STOP within 1 s, with lag in messages and seconds growing at each export; SIGCONT'd, it
     is OK again within 1 s."""
     import signal
 
     collector = collector_factory("file-only.yaml")
-    topic = topic_factory(partitions=3)
+    kafka, make_topic, ports = cluster
+    topic = make_topic(3)
     group = f"{topic}-g"
     watch = StatusWatch(collector, group)
     opts = dict(partitions=3, size=100, rate=100, linger_ms=0, timeout_s=120)
     env = dict(collector.agent_env(), OTEL_METRIC_EXPORT_INTERVAL="500")
     hang = {"hang_after": 2500} if how == "hang" else {}  # 25 s into the run: caught up by then
-    with AgentCLI("run", "--kafka-port", str(kafka_broker.port), "--ports-only", ready="exporting", env=env):
+    with AgentCLI("run", *ports, "--ports-only", ready="exporting", env=env):
         started = time.time_ns()
-        with Workload("go", kafka_broker.bootstrap, topic, tmp_path / "p.jsonl", mode="produce", messages=5000,
+        with Workload("go", kafka.bootstrap, topic, tmp_path / "p.jsonl", mode="produce", messages=5000,
                       **opts) as producer, \
-                Workload("java", kafka_broker.bootstrap, topic, tmp_path / "c.jsonl", mode="consume", group=group,
+                Workload("java", kafka.bootstrap, topic, tmp_path / "c.jsonl", mode="consume", group=group,
                          messages=5000, **opts, **hang) as consumer:
             # joined, consuming and caught up, as the Collector sees it (a JVM on a busy machine takes a while)
             caught_up = wait_for(lambda: [v for _, v in watch.gauges("messaging.kafka.consumer.lag")[-3:]
@@ -240,23 +253,24 @@ def _points(watch_dir, name: str, kind: str = "gauge") -> list[tuple[dict, dict,
     return out
 
 
-def test_two_groups_one_slow_each_with_its_own_lag_latency_and_services(kafka_broker, topic_factory, tmp_path,
+def test_two_groups_one_slow_each_with_its_own_lag_latency_and_services(cluster, tmp_path,
                                                                          collector_factory):
     """One topic, a fast group and a slow one whose two members are two services: lag and latency are each
     group's own, and the slow group's members are told apart by their service names."""
     collector = collector_factory("file-only.yaml")
-    topic = topic_factory(partitions=4)
+    kafka, make_topic, ports = cluster
+    topic = make_topic(4)
     opts = dict(partitions=4, size=100, rate=200, linger_ms=0, timeout_s=120)
     env = dict(collector.agent_env(), OTEL_METRIC_EXPORT_INTERVAL="1000")
     fast, slow = f"{topic}-fast", f"{topic}-slow"
-    with AgentCLI("run", "--kafka-port", str(kafka_broker.port), "--ports-only", ready="exporting", env=env):
-        with Workload("go", kafka_broker.bootstrap, topic, tmp_path / "p.jsonl", mode="produce", messages=6000,
+    with AgentCLI("run", *ports, "--ports-only", ready="exporting", env=env):
+        with Workload("go", kafka.bootstrap, topic, tmp_path / "p.jsonl", mode="produce", messages=6000,
                       env={"OTEL_SERVICE_NAME": "orders"}, **opts) as producer, \
-                Workload("go", kafka_broker.bootstrap, topic, tmp_path / "f.jsonl", mode="consume", group=fast,
+                Workload("go", kafka.bootstrap, topic, tmp_path / "f.jsonl", mode="consume", group=fast,
                          messages=6000, env={"OTEL_SERVICE_NAME": "search-indexer"}, **opts) as w1, \
-                Workload("java", kafka_broker.bootstrap, topic, tmp_path / "s1.jsonl", mode="consume", group=slow,
+                Workload("java", kafka.bootstrap, topic, tmp_path / "s1.jsonl", mode="consume", group=slow,
                          messages=6000, process_ms=20, env={"OTEL_SERVICE_NAME": "billing-eu"}, **opts) as w2, \
-                Workload("java", kafka_broker.bootstrap, topic, tmp_path / "s2.jsonl", mode="consume", group=slow,
+                Workload("java", kafka.bootstrap, topic, tmp_path / "s2.jsonl", mode="consume", group=slow,
                          messages=6000, process_ms=20, env={"OTEL_SERVICE_NAME": "billing-us"}, **opts) as w3:
             time.sleep(25)  # 200/s produced; the slow group takes 2 x 50/s
             for w in (producer, w1, w2, w3):
@@ -289,11 +303,11 @@ def test_two_groups_one_slow_each_with_its_own_lag_latency_and_services(kafka_br
             if seen >= 0.99 * total:
                 p99[(attrs["messaging.consumer.group.name"], res["service.name"])] = bounds[min(i, len(bounds) - 1)]
                 break
-    assert p99[(fast, "search-indexer")] <= 0.5
-    assert min(p99[(slow, "billing-eu")], p99[(slow, "billing-us")]) >= 2.0, p99
+    slow_p99 = min(p99[(slow, "billing-eu")], p99[(slow, "billing-us")])
+    assert slow_p99 >= 5.0 and p99[(fast, "search-indexer")] <= slow_p99 / 4, p99  # its waiting is its own
 
 
-def test_lag_of_a_stopped_consumer_grows_though_its_producer_is_on_another_node(kafka_broker, topic_factory,
+def test_lag_of_a_stopped_consumer_grows_though_its_producer_is_on_another_node(cluster,
                                                                                    tmp_path, collector_factory):
     """The agent sees only the consumer (its container, as on its own node). Stopped, the consumer no longer
     fetches, so nothing it does tells how far the partitions grow: the agent asks their leader (ListOffsets),
@@ -303,16 +317,17 @@ def test_lag_of_a_stopped_consumer_grows_though_its_producer_is_on_another_node(
     from tests.testbed.containers import FakeContainer
 
     collector = collector_factory("file-only.yaml")
-    topic = topic_factory(partitions=2)
+    kafka, make_topic, ports = cluster
+    topic = make_topic(2)
     group = f"{topic}-g"
     watch = StatusWatch(collector, group)
     opts = dict(partitions=2, size=100, rate=100, linger_ms=0, timeout_s=120)
     env = dict(collector.agent_env(), OTEL_METRIC_EXPORT_INTERVAL="500")
     with FakeContainer("docker") as box:
         with AgentCLI("run", "--cgroup", box.path, ready="exporting", env=env):
-            with Workload("go", kafka_broker.bootstrap, topic, tmp_path / "p.jsonl", mode="produce", messages=5000,
+            with Workload("go", kafka.bootstrap, topic, tmp_path / "p.jsonl", mode="produce", messages=5000,
                           **opts) as producer, \
-                    Workload("go", kafka_broker.bootstrap, topic, tmp_path / "c.jsonl", mode="consume", group=group,
+                    Workload("go", kafka.bootstrap, topic, tmp_path / "c.jsonl", mode="consume", group=group,
                              messages=5000, preexec_fn=box.enter, **opts) as consumer:
                 assert wait_for(lambda: [v for _, v in watch.gauges("messaging.kafka.consumer.lag")[-3:]
                                          if v < 50][2:], 90), watch.gauges("messaging.kafka.consumer.lag")
