@@ -4,7 +4,8 @@ Every message counts (metrics are complete, spans are sampled): a batch of N mes
 aggregation step of weight N, never N calls. Histograms and counters are cumulative from the agent's
 start; lag, position and status are gauges read fresh from the lag tracker at every export. Series
 are per consumer or producer process (its resource) and the attributes below; at most
-`MAX_SERIES` per metric, the rest folded into one series marked `otel.metric.overflow`.
+`MAX_SERIES` per metric, the rest folded into one series marked `otel.metric.overflow` (under the
+agent's resource); a series unchanged for 5 minutes (its process is gone) is no longer exported.
 
   otel_kafka_ebpf.message.latency      histogram, s   producer's request written (or the records'
                                         CreateTime/LogAppendTime) -> consumer's Fetch response read
@@ -41,11 +42,12 @@ LATENCY_BOUNDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0
                   300.0, 600.0, 1800.0, 3600.0)
 DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 SETTLE_NS = 300_000_000  # a delivered batch waits this long for its producer's Produce response (same node)
+IDLE_NS = 300_000_000_000  # a series that has not changed for 5 minutes is no longer exported (its process is gone)
 
 STATUS_EVENT = "otel_kafka_ebpf.consumer.status"
 _SEVERITY = {STOP: (wire.SEVERITY_ERROR, "ERROR"), STALL: (wire.SEVERITY_ERROR, "ERROR"),
              WARN: (wire.SEVERITY_WARN, "WARN")}
-_OVERFLOW = (("otel.metric.overflow", True),)
+OVERFLOW_KEY = (0, (("otel.metric.overflow", True),))  # pid 0: the agent's resource
 
 
 def batch_latency(correlator: Correlator, b: DeliveredBatch) -> tuple[float, str] | None:
@@ -60,21 +62,43 @@ def batch_latency(correlator: Correlator, b: DeliveredBatch) -> tuple[float, str
     return max(0.0, (b.end_ns - produced.time_ns) / 1e9), SOURCE_NAMES[produced.source]
 
 
-class Histogram:
-    __slots__ = ("bounds", "series")
+class _Series:
+    """Series by key, each remembering the export round it last changed in; idle ones are dropped."""
+
+    __slots__ = ("series", "touched", "round")
+
+    def __init__(self) -> None:
+        self.series: dict[tuple, object] = {}
+        self.touched: dict[tuple, int] = {}
+        self.round = 0
+
+    def _key(self, key: tuple) -> tuple:
+        if key not in self.series and len(self.series) >= MAX_SERIES:
+            key = OVERFLOW_KEY  # one series for all the rest, under the agent's own resource
+        self.touched[key] = self.round
+        return key
+
+    def expire(self, idle_rounds: int) -> None:
+        """A new export round; series unchanged for `idle_rounds` rounds (a process long gone) are dropped."""
+        self.round += 1
+        old = self.round - idle_rounds
+        for key in [k for k, r in self.touched.items() if r < old]:
+            del self.touched[key]
+            del self.series[key]
+
+
+class Histogram(_Series):
+    __slots__ = ("bounds",)
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.series: dict[tuple, list] = {}  # key -> [bucket counts, count, sum, min, max]
+        super().__init__()
+        self.bounds = bounds  # series: key -> [bucket counts, count, sum, min, max]
 
     def record(self, key: tuple, value: float, weight: int = 1) -> None:
+        key = self._key(key)
         s = self.series.get(key)
         if s is None:
-            if len(self.series) >= MAX_SERIES:
-                key = (key[0], _OVERFLOW)
-                s = self.series.get(key)
-            if s is None:
-                s = self.series[key] = [[0] * (len(self.bounds) + 1), 0, 0.0, value, value]
+            s = self.series[key] = [[0] * (len(self.bounds) + 1), 0, 0.0, value, value]
         s[0][bisect_left(self.bounds, value)] += weight
         s[1] += weight
         s[2] += value * weight
@@ -84,17 +108,12 @@ class Histogram:
             s[4] = value
 
 
-class Sum:
-    __slots__ = ("series",)
-
-    def __init__(self) -> None:
-        self.series: Counter = Counter()
+class Sum(_Series):
+    __slots__ = ()
 
     def add(self, key: tuple, n: int) -> None:
-        series = self.series
-        if key not in series and len(series) >= MAX_SERIES:
-            key = (key[0], _OVERFLOW)
-        series[key] += n
+        key = self._key(key)
+        self.series[key] = self.series.get(key, 0) + n
 
 
 class LagMetricsSink:
@@ -180,6 +199,9 @@ class LagMetricsSink:
             self._export_logs()
         if self.period.due(now_ns):
             self.export(now_ns)
+            idle_rounds = max(1, IDLE_NS // self.period.interval_ns)
+            for series in (self.latency, self.duration, self.sent, self.consumed):
+                series.expire(idle_rounds)
 
     def close(self) -> None:
         while self._settling:

@@ -46,7 +46,10 @@ class ResourceCatalog:
         return self._identity(pid, None).service_name
 
     def encoded(self, pid: int, comm: str | None = None) -> bytes:
-        """The encoded Resource of a process (read from /proc at first sight if nobody did before)."""
+        """The encoded Resource of a process (read from /proc at first sight if nobody did before); pid 0 is
+        the agent itself."""
+        if pid == 0:
+            return self.agent
         key = (pid, self._identity(pid, comm).start_time)
         res = self._encoded.get(key)
         if res is None:

@@ -201,3 +201,21 @@ def test_top_from_a_recording_shows_each_consumer_and_producer(capsys):
     assert consumer[-1] == "OK"
     producer = next(line for line in out if gt.produced[0].client_id in line).split()
     assert producer[1:3] == [gt.produced[0].client_id, gt.produced[0].topic]
+
+
+def test_series_of_processes_long_gone_are_dropped_and_their_number_is_bounded():
+    from otel_kafka_ebpf.sinks.metrics import MAX_SERIES, Histogram, Sum
+
+    s, h = Sum(), Histogram((1.0, 2.0))
+    s.add((1, ()), 5)
+    h.record((1, ()), 0.5, 3)
+    for _ in range(10):  # ten export rounds: process 2 goes on, process 1 is gone
+        s.add((2, ()), 1)
+        h.record((2, ()), 1.5)
+        s.expire(5)
+        h.expire(5)
+    assert set(s.series) == set(h.series) == {(2, ())}
+    assert s.series[(2, ())] == 10 and h.series[(2, ())][1] == 10
+    for pid in range(MAX_SERIES + 10):
+        s.add((pid, ()), 1)
+    assert len(s.series) == MAX_SERIES + 1 and s.series[(0, (("otel.metric.overflow", True),))] >= 10
