@@ -37,6 +37,9 @@ _FLAG_REASONS = (
 )
 
 
+_SKIP_REASONS = {ev.SKIP_RECORDS: GapReason.RECORDS_SKIPPED, ev.SKIP_SASL: GapReason.SASL}
+
+
 def gap_reason(flags: int) -> GapReason:
     for bit, reason in _FLAG_REASONS:
         if flags & bit:
@@ -67,8 +70,10 @@ class AssemblerStats:
     connections: int = 0
     orphan_data: int = 0      # data of a connection whose open event was lost
     overlaps: int = 0         # chunks that repeated bytes already delivered
-    gaps: int = 0
+    gaps: int = 0             # losses
     gap_bytes: int = 0
+    skips: int = 0            # ranges left in the kernel on purpose (record payloads, SASL)
+    skipped_bytes: int = 0
 
 
 class StreamAssembler:
@@ -111,6 +116,7 @@ class StreamAssembler:
         out: list[StreamEvent] = []
         conn = self._conns.get(d.conn_id)
         ts = self._wall(d.ts_mono)
+        last = None if d.last_ts_mono is None or d.last_ts_mono == d.ts_mono else self._wall(d.last_ts_mono)
         if conn is None:
             # the open event was lost: announce what we know rather than drop the bytes
             self.stats.orphan_data += 1
@@ -118,6 +124,8 @@ class StreamAssembler:
             out.append(ConnectionOpened(d.conn_id, ts, d.pid, d.tid, "", 0, 0, "", 0, "", 0, Role.UNKNOWN))
         direction = Direction(d.direction & 1)
         expected = conn.next_offset[direction]
+        if d.skips:
+            return self._digest(out, conn, d, direction, expected, ts, last)
         data = d.payload
         offset = d.offset
         if offset < expected:
@@ -133,8 +141,43 @@ class StreamAssembler:
             # no bytes missing, but frame boundaries are unknown from here (joined mid-stream)
             out.append(StreamGap(d.conn_id, direction, ts, offset, 0, GapReason.UNKNOWN_START))
         out.append(StreamData(d.conn_id, direction, ts, offset, data,
-                              bool(d.flags & ev.DATA_FRAME_START) and offset == d.offset))
+                              bool(d.flags & ev.DATA_FRAME_START) and offset == d.offset, last))
         conn.next_offset[direction] = offset + len(data)
+        return out
+
+    def _digest(self, out: list[StreamEvent], conn: _Conn, d: RawData, direction: Direction, expected: int,
+                ts: int, last: int | None) -> list[StreamEvent]:
+        """An event with skipped ranges: copied runs and declared skips, in stream order."""
+        reason = _SKIP_REASONS.get(d.skip_reason, GapReason.RECORDS_SKIPPED)
+        end_ts = ts if last is None else last
+        data = d.payload
+        offset = d.offset
+        if offset > expected:
+            out.append(self._gap(d.conn_id, direction, ts, expected, offset - expected, gap_reason(d.gap_flags)))
+        elif d.gap_flags & ev.GAP_UNSYNCED and offset == expected:
+            out.append(StreamGap(d.conn_id, direction, ts, offset, 0, GapReason.UNKNOWN_START))
+        pos = offset
+        prev = 0
+        conn_id = d.conn_id
+        for at, n in (*d.skips, (len(data), 0)):
+            if at > prev:
+                run = data[prev:at]
+                if pos + len(run) > expected:
+                    cut = max(0, expected - pos)
+                    out.append(StreamData(conn_id, direction, ts, pos + cut, run[cut:],
+                                          pos == d.offset and not cut and bool(d.flags & ev.DATA_FRAME_START), last))
+                else:
+                    self.stats.overlaps += 1
+                pos += len(run)
+                prev = at
+            if n:
+                if pos + n > expected:
+                    cut = max(0, expected - pos)
+                    out.append(StreamGap(conn_id, direction, end_ts, pos + cut, n - cut, reason))
+                    self.stats.skips += 1
+                    self.stats.skipped_bytes += n - cut
+                pos += n
+        conn.next_offset[direction] = max(expected, pos)
         return out
 
     def _gap(self, conn_id: int, direction: Direction, ts: int, offset: int, length: int,

@@ -32,6 +32,16 @@ class GapReason(enum.IntEnum):
     USER_COPY = 4  # bpf_probe_read_user failed (page not resident)
     UNKNOWN_START = 5  # joined a stream mid-way (connection predates the agent)
     SENDFILE = 6  # sent from a file by sendfile() (a broker's Fetch records): never in user memory
+    # Not losses: bytes the capture leaves in the kernel on purpose, inside a frame it tracks.
+    RECORDS_SKIPPED = 7  # the records after a record batch's header (digest capture)
+    SASL = 8  # the body of a SaslHandshake/SaslAuthenticate frame or a raw SASL token (credentials)
+
+    @property
+    def is_loss(self) -> bool:
+        return self not in DECLARED_SKIPS
+
+
+DECLARED_SKIPS = frozenset({GapReason.RECORDS_SKIPPED, GapReason.SASL})
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +64,21 @@ class ConnectionOpened:
 class StreamData:
     conn_id: int
     direction: Direction
-    ts_ns: int  # wall clock of the syscall that moved these bytes
+    ts_ns: int  # wall clock of the (first) syscall that moved these bytes
     offset: int  # position of data[0] in this direction's stream
     data: bytes
     frame_start: bool = False  # the capture knows data[0] begins a Kafka frame (its size field)
+    last_ts_ns: int | None = None  # wall clock of the last syscall, when several moved them (else ts_ns)
+
+    @property
+    def end_ts_ns(self) -> int:
+        return self.ts_ns if self.last_ts_ns is None else self.last_ts_ns
 
 
 @dataclass(frozen=True, slots=True)
 class StreamGap:
-    """`length` bytes at `offset` moved through the socket but were not captured."""
+    """`length` bytes at `offset` moved through the socket but were not captured: lost, or (a reason
+    in DECLARED_SKIPS) left in the kernel on purpose inside a frame whose boundaries are tracked."""
 
     conn_id: int
     direction: Direction

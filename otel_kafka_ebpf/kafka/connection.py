@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from ..capture.streams import (
-    ConnectionClosed, ConnectionOpened, Direction, Role, StreamData, StreamEvent, StreamGap,
+    DECLARED_SKIPS, ConnectionClosed, ConnectionOpened, Direction, GapReason, Role, StreamData, StreamEvent,
+    StreamGap,
 )
 from . import fetch
 from .apis import UnsupportedApi, decode_request_body, decode_response_body
@@ -233,14 +234,22 @@ class KafkaConnection:
         is_request = (direction == Direction.SEND) == sends_requests
         return (self.requests if is_request else self.responses), is_request
 
-    def feed_data(self, direction: Direction, offset: int, data, ts_ns: int, frame_start: bool = False) -> None:
+    def feed_data(self, direction: Direction, offset: int, data, ts_ns: int, frame_start: bool = False,
+                  last_ts_ns: int | None = None) -> None:
         splitter, is_request = self._splitter(direction)
-        splitter.feed_data(offset, data, ts_ns, frame_start)
+        splitter.feed_data(offset, data, ts_ns, frame_start, last_ts_ns)
         self._pull(splitter, is_request)
 
-    def feed_gap(self, direction: Direction, offset: int, length: int, ts_ns: int) -> None:
+    def feed_gap(self, direction: Direction, offset: int, length: int, ts_ns: int,
+                 reason: GapReason | None = None) -> None:
         splitter, is_request = self._splitter(direction)
-        splitter.feed_gap(offset, length, ts_ns)
+        if reason in DECLARED_SKIPS:  # left in the kernel on purpose: a hole in the frame, no loss
+            if splitter.feed_skip(offset, length, ts_ns):
+                self.stats["skipped_on_purpose_bytes"] += length
+                self._pull(splitter, is_request)
+                return
+        else:
+            splitter.feed_gap(offset, length, ts_ns)
         self.stats["gap_bytes"] += length
         if is_request:
             self.fetch_session.invalidate()  # a lost incremental request would leave stale offsets
@@ -292,6 +301,9 @@ class KafkaConnection:
     def _on_request(self, frame: Frame) -> None:
         stats = self.stats
         payload = frame.payload
+        if not payload and frame.skips:  # a raw SASL token (after SaslHandshake v0), never copied
+            stats["sasl_tokens"] += 1
+            return
         try:
             header, pos = read_request_header(payload)
         except DecodeError:
@@ -303,7 +315,7 @@ class KafkaConnection:
         self._learn(header)
         request = error = None
         try:
-            request = decode_request_body(header.api_key, header.api_version, payload, pos)
+            request = decode_request_body(header.api_key, header.api_version, payload, pos, frame.skips)
         except UnsupportedApi:
             stats[f"unsupported_api_{header.api_key}_v{header.api_version}"] += 1
             error = UNSUPPORTED
@@ -366,6 +378,9 @@ class KafkaConnection:
     def _on_response(self, frame: Frame) -> None:
         stats = self.stats
         payload = frame.payload
+        if not payload and frame.skips:  # a raw SASL token (after SaslHandshake v0), never copied
+            stats["sasl_tokens"] += 1
+            return
         if len(payload) < 4:
             stats["malformed_response_headers"] += 1
             return
@@ -376,7 +391,7 @@ class KafkaConnection:
         response = error = None
         try:
             pos = response_body_position(payload, response_header_version(h.api_key, h.api_version))
-            response = decode_response_body(h.api_key, h.api_version, payload, pos)
+            response = decode_response_body(h.api_key, h.api_version, payload, pos, frame.skips)
         except UnsupportedApi:
             error = UNSUPPORTED
         except DecodeError:
@@ -421,10 +436,11 @@ class KafkaStreamDecoder:
         kind = type(event)
         if kind is StreamData:
             conn = self._conn(event.conn_id)
-            conn.feed_data(event.direction, event.offset, event.data, event.ts_ns, event.frame_start)
+            conn.feed_data(event.direction, event.offset, event.data, event.ts_ns, event.frame_start,
+                           event.last_ts_ns)
         elif kind is StreamGap:
             conn = self._conn(event.conn_id)
-            conn.feed_gap(event.direction, event.offset, event.length, event.ts_ns)
+            conn.feed_gap(event.direction, event.offset, event.length, event.ts_ns, event.reason)
         elif kind is ConnectionOpened:
             self.opened[event.conn_id] = event
             old = self.connections.pop(event.conn_id, None)
