@@ -211,7 +211,7 @@ class CaptureProgram:
             raise CaptureError(f"capture mode {s.mode!r}: expected one of {', '.join(MODES)}")
         cfg.capture_mode = ev.MODE_DIGEST if s.mode == "digest" else ev.MODE_FULL
         cfg.record_prefix = max(0, int(s.record_prefix)) if s.mode == "digest" else 0
-        cfg.wakeup_bytes = max(0, int(s.wakeup_bytes))
+        cfg.wakeup_bytes = min(max(0, int(s.wakeup_bytes)), _ringbuf_size(self.ringbuf_bytes) // 4)
         rodata = self._find_map(".rodata")
         size = ctypes.c_size_t()
         L.bpf_map__initial_value(rodata, ctypes.byref(size))
