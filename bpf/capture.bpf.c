@@ -617,10 +617,14 @@ static __always_inline long body_step(struct cursor *k, __u32 avail)
 		d->unit_left -= n;
 		unit_done = d->unit_left == 0;
 	}
+	if (unit_done) {
+		d->unit = U_NONE;
+		/* a frame that ends with its head (a bare correlation id) still matches its request */
+		if (d->frame_left == 0 && d->layout == LAYOUT_HEAD)
+			digest_next(k->c, w->direction, w->is_request);
+	}
 	if (d->frame_left == 0)
 		end_frame(k);
-	else if (unit_done)
-		d->unit = U_NONE;
 	return 0;
 }
 

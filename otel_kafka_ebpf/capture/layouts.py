@@ -14,6 +14,7 @@ against, and the way unit tests turn recorded frames into digests.
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 from typing import NamedTuple
 
 OP_STOP, OP_COPY, OP_STR16, OP_CSTR, OP_TAGS, OP_ARRAY, OP_CARRAY, OP_END, OP_RECORDS, OP_CRECORDS, \
@@ -22,6 +23,7 @@ OP_STOP, OP_COPY, OP_STR16, OP_CSTR, OP_TAGS, OP_ARRAY, OP_CARRAY, OP_END, OP_RE
 PRODUCE, FETCH, SASL_HANDSHAKE, SASL_AUTHENTICATE, SHARE_FETCH = 0, 1, 17, 36, 78
 BATCH_HEADER = 61
 SKIP_RECORDS, SKIP_SASL = 1, 2  # bpf/capture.h enum oke_skip_reason
+INFLIGHT = 8  # OKE_INFLIGHT: requests remembered per connection whose responses have a layout
 
 Op = tuple[int, int]  # (op, arg)
 
@@ -301,8 +303,22 @@ class ConnectionDigest:
     __slots__ = ("inflight", "raw_next")
 
     def __init__(self) -> None:
-        self.inflight: dict[int, tuple[int, int]] = {}
+        self.inflight: OrderedDict[int, tuple[int, int]] = OrderedDict()
         self.raw_next = {True: False, False: False}  # is_request -> flag
+
+    def push(self, corr: int, api_key: int, version: int) -> None:
+        if len(self.inflight) >= INFLIGHT:
+            self.inflight.popitem(last=False)  # the oldest slot is overwritten
+        self.inflight[corr] = (api_key, version)
+
+    def match(self, corr: int) -> tuple[int, int] | None:
+        """The request a response answers; the ones before it are forgotten (Kafka answers in order)."""
+        if corr not in self.inflight:
+            return None
+        while True:
+            key, value = self.inflight.popitem(last=False)
+            if key == corr:
+                return value
 
 
 def frame_pieces(frame: bytes, is_request: bool, table: dict, conn: ConnectionDigest,
@@ -318,7 +334,7 @@ def frame_pieces(frame: bytes, is_request: bool, table: dict, conn: ConnectionDi
             return whole
         api_key, version, corr = _hhi(body, 0)
         if (True, api_key, version) in table:
-            conn.inflight[corr] = (api_key, version)
+            conn.push(corr, api_key, version)
         if api_key == SASL_HANDSHAKE and version == 0:
             conn.raw_next[True] = True
         ops, head = table.get((False, api_key, version)), 8
@@ -326,7 +342,7 @@ def frame_pieces(frame: bytes, is_request: bool, table: dict, conn: ConnectionDi
         if len(body) < 4:
             return whole
         (corr,) = _i32(body, 0)
-        key = conn.inflight.pop(corr, None)
+        key = conn.match(corr)
         if key == (SASL_HANDSHAKE, 0):
             conn.raw_next[False] = True
         ops, head = (table.get((True, *key)) if key else None), 4

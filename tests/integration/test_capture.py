@@ -16,7 +16,7 @@ from otel_kafka_ebpf.capture.streams import (
 )
 from otel_kafka_ebpf.kafka import KafkaStreamDecoder
 from otel_kafka_ebpf.kafka.versions import PRODUCE
-from tests.testbed.agent_capture import BackgroundCapture
+from tests.testbed.agent_capture import BackgroundCapture, connections_of
 from tests.testbed.pcap_oracle import LoopbackCapture
 from tests.workloads import CLIENTS, run_workload
 
@@ -39,49 +39,21 @@ def _client_conns(capture: BackgroundCapture, pid: int, broker_port: int):
             if c.opened.pid == pid and c.opened.remote_port == broker_port and c.opened.role == Role.CLIENT]
 
 
-def _runs(pieces, upto: int) -> list[tuple[int, int, object]]:
-    """(offset, length, bytes or the skip reason) runs of a direction below `upto`, adjacent ones of a
-    kind merged: how the kernel cut its events does not matter, only what it copied and skipped."""
-    out: list[list] = []
-    for offset, piece, reason in pieces:
-        if offset >= upto:
-            break
-        copied = not isinstance(piece, int)
-        length = min(len(piece) if copied else piece, upto - offset)
-        value = bytes(piece[:length]) if copied else reason
-        if out and out[-1][0] + out[-1][1] == offset and (copied and isinstance(out[-1][2], bytes)
-                                                          or not copied and out[-1][2] == reason):
-            out[-1][1] += length
-            out[-1][2] = out[-1][2] + value if copied else reason
-        else:
-            out.append([offset, length, value])
-    return [tuple(r) for r in out]
-
-
-def _pieces(events, conn_id: int, direction: Direction) -> list[tuple[int, object, object]]:
-    return [(e.offset, e.data if isinstance(e, StreamData) else e.length,
-             None if isinstance(e, StreamData) else e.reason)
-            for e in events if isinstance(e, (StreamData, StreamGap)) and e.conn_id == conn_id
-            and e.direction == direction and (isinstance(e, StreamData) or e.length)]
-
-
-def _assert_digest_is_the_walk_of_the_wire(capture, conn, ref, client: str) -> int:
+def _assert_digest_is_the_walk_of_the_wire(conn, ref, client: str) -> int:
     """The kernel's digest of a connection is what the Python twin of its walk makes of the wire's bytes:
     the same bytes copied, the same ranges skipped (record payloads), nothing lost."""
     wire = [ConnectionOpened(1, 0, 0, 0, "", 0, 0, "", 0, "", 0, Role.CLIENT),
             StreamData(1, Direction.SEND, 0, 0, bytes(ref.c2s)), StreamData(1, Direction.RECV, 0, 0, bytes(ref.s2c))]
-    expected = digest_streams(wire)
+    expected = connections_of(digest_streams(wire))[1]
     compared = 0
     for direction in (Direction.SEND, Direction.RECV):
-        got = _pieces(capture.events, conn.opened.conn_id, direction)
-        end = max((o + (len(p) if not isinstance(p, int) else p) for o, p, _ in got), default=0)
+        end = conn.end(direction)
         if direction == Direction.RECV:
             # responses the client never read before it closed are not seen: whole trailing frames
             assert end in {off for off, _ in _frames(bytes(ref.s2c))} | {len(ref.s2c)}, f"{client}: RECV ends at {end}"
         else:
             assert end == len(ref.c2s), f"{client}: SEND captured {end} of {len(ref.c2s)} bytes"
-        want = _runs(_pieces(expected, 1, direction), end)
-        have = _runs(got, end)
+        have, want = conn.runs(direction, end), expected.runs(direction, end)
         assert [r[:2] for r in have] == [r[:2] for r in want], f"{client} {direction.name}: runs differ"
         assert have == want, f"{client} {direction.name}: copied bytes or skip reasons differ"
         compared += end
@@ -109,7 +81,7 @@ def test_streams_equal_loopback_capture(kafka_broker, topic_factory, tmp_path, c
         ref = oracle.get((conn.opened.local_port, kafka_broker.port))
         assert ref is not None, f"{client}: tshark has no record of the connection from port {conn.opened.local_port}"
         if mode == "digest":
-            compared += _assert_digest_is_the_walk_of_the_wire(capture, conn, ref, client)
+            compared += _assert_digest_is_the_walk_of_the_wire(conn, ref, client)
             continue
         for direction, expected in ((Direction.SEND, ref.c2s), (Direction.RECV, ref.s2c)):
             got, gaps = conn.stream(direction)
