@@ -43,7 +43,7 @@ class CaptureSettings:
     server_side: bool = False  # also capture connections a process accepted (a broker's side)
     mode: str = "digest"  # digest: record batch headers, not records; full: frames under the budget
     record_prefix: int = 0  # digest: record bytes copied after each uncompressed batch's header
-    wakeup_bytes: int = DEFAULT_WAKEUP_BYTES
+    wakeup_bytes: int | None = None  # None: DEFAULT_WAKEUP_BYTES, at most a quarter of the ring buffer
 
 
 class CaptureError(Exception):
@@ -211,7 +211,9 @@ class CaptureProgram:
             raise CaptureError(f"capture mode {s.mode!r}: expected one of {', '.join(MODES)}")
         cfg.capture_mode = ev.MODE_DIGEST if s.mode == "digest" else ev.MODE_FULL
         cfg.record_prefix = max(0, int(s.record_prefix)) if s.mode == "digest" else 0
-        cfg.wakeup_bytes = min(max(0, int(s.wakeup_bytes)), _ringbuf_size(self.ringbuf_bytes) // 4)
+        ring = _ringbuf_size(self.ringbuf_bytes)
+        wakeup = min(DEFAULT_WAKEUP_BYTES, ring // 4) if s.wakeup_bytes is None else int(s.wakeup_bytes)
+        cfg.wakeup_bytes = min(max(0, wakeup), ring)  # a whole ring: never woken, read at each poll
         rodata = self._find_map(".rodata")
         size = ctypes.c_size_t()
         L.bpf_map__initial_value(rodata, ctypes.byref(size))

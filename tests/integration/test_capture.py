@@ -169,10 +169,14 @@ def test_non_kafka_traffic_is_not_copied(kafka_broker):
 def test_tiny_ring_buffer_counts_drops_and_gaps(kafka_broker, topic_factory, tmp_path, mode):
     """A ring buffer far too small loses events; the loss shows as counted drops and exact gaps."""
     topic = topic_factory(partitions=1)
-    # a digest is small: a ring of one page still overflows, 16 KiB do not always
-    settings = CaptureSettings(ringbuf_bytes=(16 if mode == "full" else 4) << 10, mode=mode, wakeup_bytes=0)
+    # full: 16 KiB fill fast enough; a digest is small: one page, and the reader is not woken
+    # before a poll interval (1 s) ends. Only this broker's connections: other processes' traffic
+    # would fill the ring first.
+    only_ours = dict(kafka_ports=(kafka_broker.port,), ports_only=True, mode=mode)
+    settings = CaptureSettings(ringbuf_bytes=16 << 10, wakeup_bytes=0, **only_ours) if mode == "full" else \
+        CaptureSettings(ringbuf_bytes=4 << 10, wakeup_bytes=1 << 30, **only_ours)
     with BackgroundCapture(settings) as capture:
-        capture.live.poll_ms = 1000  # read rarely, so the ring fills
+        capture.live.poll_ms = 1000
         with LoopbackCapture(kafka_broker.port) as pcap:
             gt = run_workload("go", kafka_broker.bootstrap, topic, tmp_path / "go.jsonl",
                               messages=3000, size=1000, partitions=1, linger_ms=0)
@@ -201,10 +205,12 @@ def _decoded_after_loss_is_right(capture: BackgroundCapture, gt, records: bool) 
     at those offsets (their keys, when the records were captured), including Produce requests sent
     after the first loss."""
     truth = {(r.partition, r.offset): r.key for r in gt.produced}
-    first_gap_ns = min(e.ts_ns for e in capture.events if isinstance(e, StreamGap) and e.length
-                       and e.reason.is_loss)
+    # only the workload's connections: other processes on the host are captured too
+    ids = {c.opened.conn_id for c in capture.connections().values() if c.opened.pid == gt.pid}
+    events = [e for e in capture.events if e.conn_id in ids]
+    first_gap_ns = min(e.ts_ns for e in events if isinstance(e, StreamGap) and e.length and e.reason.is_loss)
     checked = after_gap = 0
-    for pair in KafkaStreamDecoder().feed_all(capture.events):
+    for pair in KafkaStreamDecoder().feed_all(events):
         if pair.api_key != PRODUCE or pair.response is None or pair.request is None:
             continue
         bases = {r.partition: r.base_offset for r in pair.response.partitions}
