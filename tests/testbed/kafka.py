@@ -347,12 +347,15 @@ class KafkaBroker(KafkaTools):
     killed when this process exits, however it exits (atexit, plus PR_SET_PDEATHSIG for
     SIGKILL of the parent: start the broker from the main thread, since the kernel ties that
     signal to the thread that forked).
+    sasl_plain_users: {user: password}: an extra SASL_PLAINTEXT listener with the PLAIN mechanism
+    for these users (``sasl_bootstrap``); the PLAINTEXT listener stays as it is.
     """
 
     def __init__(self, port: int = 0, log_dir: str | os.PathLike | None = None,
                  advertised_port: int | None = None, heap: str = "512m",
                  startup_timeout: float = 120.0, extra_config: dict | None = None,
-                 version: str = KAFKA_VERSION, daemon: bool = False, keep_dir: bool | None = None):
+                 version: str = KAFKA_VERSION, daemon: bool = False, keep_dir: bool | None = None,
+                 sasl_plain_users: dict[str, str] | None = None):
         self.version = version
         self._want_port = port
         self._given_dir = log_dir
@@ -368,6 +371,8 @@ class KafkaBroker(KafkaTools):
         self.controller_port: int | None = None
         self.direct_port: int | None = None
         self.cluster_id: str | None = None
+        self.sasl_plain_users = dict(sasl_plain_users or {})
+        self.sasl_port: int | None = None
 
     # -- addresses
     @property
@@ -387,6 +392,12 @@ class KafkaBroker(KafkaTools):
     @property
     def direct_bootstrap(self) -> str:
         return f"127.0.0.1:{self.direct_port}" if self.direct_port else self.bootstrap
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        if not self.sasl_port:
+            raise KafkaError("broker has no SASL listener (sasl_plain_users)")
+        return f"127.0.0.1:{self.sasl_port}"
 
     @property
     def data_dir(self) -> Path:
@@ -422,6 +433,15 @@ class KafkaBroker(KafkaTools):
             advertised.append(f"DIRECT://127.0.0.1:{self.direct_port}")
             protocols.append("DIRECT:PLAINTEXT")
             inter = "DIRECT"
+        sasl = {}
+        if self.sasl_port:
+            listeners.append(f"SASL://127.0.0.1:{self.sasl_port}")
+            advertised.append(f"SASL://127.0.0.1:{self.sasl_port}")
+            protocols.append("SASL:SASL_PLAINTEXT")
+            users = " ".join(f'user_{u}="{pw}"' for u, pw in self.sasl_plain_users.items())
+            sasl = {"sasl.enabled.mechanisms": "PLAIN",
+                    "listener.name.sasl.plain.sasl.jaas.config":
+                        f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"}
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
@@ -446,6 +466,7 @@ class KafkaBroker(KafkaTools):
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.check.interval.ms": "300000",
         }
+        props.update(sasl)
         props.update({k: str(v) for k, v in self.extra_config.items()})
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -478,6 +499,7 @@ class KafkaBroker(KafkaTools):
         self._port = self._want_port or free_port()
         self.controller_port = free_port()
         self.direct_port = free_port() if self.advertised_port else None
+        self.sasl_port = free_port() if self.sasl_plain_users else None
         (self.log_dir / "server.properties").write_text(self._server_properties())
         (self.log_dir / "log4j2.properties").write_text(
             _LOG4J2_BROKER.format(log_file=self.log_file))
