@@ -202,7 +202,11 @@ class FrameSplitter:
         assembled: a hole in it, not a loss. True if taken so; anything else is a gap (False)."""
         if offset == self._end and length > 0 and self._size >= 0 and not self._hunting and not self._skip \
                 and self._avail + self._hole_bytes + length <= self._size:
-            self._holes.append((self._avail, length))
+            holes = self._holes
+            if holes and holes[-1][0] == self._avail:  # one range cut across two capture events
+                holes[-1] = (self._avail, holes[-1][1] + length)
+            else:
+                holes.append((self._avail, length))
             self._hole_bytes += length
             self._hole_ts = ts_ns
             self._end += length
