@@ -358,9 +358,11 @@ def frame_pieces(frame: bytes, is_request: bool, table: dict, conn: ConnectionDi
     return merged
 
 
-def digest_streams(events, mode: str = "digest", record_prefix: int = 0, server_conns=frozenset()):
+def digest_streams(events, mode: str = "digest", record_prefix: int = 0, server_conns=frozenset(),
+                   fused: bool = False):
     """Complete captured streams (StreamData without gaps, as the recording proxy writes them) turned
-    into what a capture in `mode` gives: StreamData and StreamGap(RECORDS_SKIPPED or SASL) per frame.
+    into what a capture in `mode` gives: per frame, StreamData runs and StreamGap(RECORDS_SKIPPED or
+    SASL) ranges, or (`fused`, as the live capture sends them) one StreamData with its `skips`.
     The reference for the kernel's digest, and the way tests make digests of recorded traffic."""
     from .streams import ConnectionClosed, Direction, GapReason, StreamData, StreamGap
 
@@ -387,7 +389,19 @@ def digest_streams(events, mode: str = "digest", record_prefix: int = 0, server_
                 break
             frame = bytes(buf[0][:4 + size])
             start = buf[1]
-            for p in frame_pieces(frame, is_request, table, conn, record_prefix):
+            pieces = frame_pieces(frame, is_request, table, conn, record_prefix)
+            if fused and any(not p.copied for p in pieces):
+                data, skips = bytearray(), []
+                for p in pieces:
+                    if p.copied:
+                        data += frame[p.start:p.start + p.length]
+                    else:
+                        skips.append((len(data), p.length))
+                reason = reasons[next(p.reason for p in pieces if not p.copied)]
+                out.append(StreamData(e.conn_id, e.direction, buf[2], start, bytes(data), True, e.ts_ns,
+                                      tuple(skips), reason))
+                pieces = []
+            for p in pieces:
                 if p.copied:
                     out.append(StreamData(e.conn_id, e.direction, buf[2], start + p.start,
                                           frame[p.start:p.start + p.length], p.start == 0, e.ts_ns))

@@ -7,7 +7,6 @@ of them in `close()`, which runs on normal exit, on Ctrl-C and on exceptions (co
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import struct
 from dataclasses import dataclass, field
@@ -15,7 +14,8 @@ from typing import Callable
 
 from . import events as ev
 from .layouts import layouts_for
-from .libbpf import SAMPLE_FN, LibbpfError, lib, map_delete, map_keys, map_lookup, map_update
+from .libbpf import LibbpfError, lib, map_delete, map_keys, map_lookup, map_update
+from .ringbuf import RingBuffer
 
 OBJ_DIR = os.path.join(os.path.dirname(__file__), "obj")
 
@@ -140,7 +140,6 @@ def parse_data_event(raw: bytes) -> RawData:
 
 
 POLL_BATCH = 1024  # events handed over per poll() at most
-_BATCH_FULL = -errno.ECANCELED  # what the callback returns to end a batch (libbpf stops and returns it)
 
 
 def _ringbuf_size(n: int) -> int:
@@ -156,10 +155,8 @@ class CaptureProgram:
         self._on_event = on_event
         self._obj = None
         self._links: list[int] = []
-        self._rb = None
-        self._cb = SAMPLE_FN(self._sample)  # kept referenced for the ring buffer's lifetime
+        self._rb: RingBuffer | None = None
         self.callback_errors = 0
-        self._batch = 0
         self._maps: dict[str, int] = {}
         self._ncpus = 0
 
@@ -186,10 +183,14 @@ class CaptureProgram:
         self._load_layouts()
         try:
             self._attach_all()
-            self._rb = L.ring_buffer__new(self._maps["events"], self._cb, None, None)
         except LibbpfError as exc:
             self.close()
             raise CaptureError(f"attaching the BPF programs failed: {exc}") from None
+        try:
+            self._rb = RingBuffer(self._maps["events"], _ringbuf_size(self.ringbuf_bytes))
+        except OSError as exc:
+            self.close()
+            raise CaptureError(f"mapping the ring buffer failed: {exc.strerror}") from None
         return self
 
     def _configure(self) -> None:
@@ -266,7 +267,7 @@ class CaptureProgram:
     def close(self) -> None:
         L = lib()
         if self._rb:
-            L.ring_buffer__free(self._rb)
+            self._rb.close()
             self._rb = None
         while self._links:
             L.bpf_link__destroy(self._links.pop())
@@ -286,42 +287,31 @@ class CaptureProgram:
 
     # -- reading -----------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 100) -> int:
-        """Deliver up to `POLL_BATCH` pending events to on_event; returns how many.
-
-        libbpf keeps consuming for as long as the kernel keeps producing, so under sustained load a
-        plain ring_buffer__poll never returns; the callback ends the batch by returning _BATCH_FULL.
-        Raises on a ring buffer error.
-        """
-        self._batch = 0
-        n = lib().ring_buffer__poll(self._rb, timeout_ms)
-        if n >= 0 and self._batch < POLL_BATCH:
-            # events submitted without a wake-up (the kernel wakes the reader only once enough
-            # waits) are not signalled to epoll: take them too
-            n = lib().ring_buffer__consume(self._rb)
-        if n < 0 and n not in (-errno.EINTR, _BATCH_FULL):  # EINTR is a normal wake-up (signal)
-            raise LibbpfError("ring_buffer__poll", -n)
-        return self._batch
-
-    def _sample(self, _ctx, data, size) -> int:
-        self._batch += 1
-        try:
-            raw = ctypes.string_at(data, size)
-            etype = int.from_bytes(raw[:4], "little")
-            if etype == ev.EV_DATA:
-                event = parse_data_event(raw)
-            elif etype == ev.EV_OPEN:
-                event = ev.OpenEvent.from_buffer_copy(raw)
-            elif etype == ev.EV_CLOSE:
-                event = ev.CloseEvent.from_buffer_copy(raw)
-            elif etype == ev.EV_EXIT:
-                event = ev.ExitEvent.from_buffer_copy(raw)
-            else:
+        """Deliver up to `POLL_BATCH` pending events to on_event, waiting up to `timeout_ms` for the
+        first; returns how many. The ring is read through its mapped pages, a batch at a time; the
+        kernel wakes the reader only once enough waits, so a quiet ring costs one wake-up per timeout."""
+        rb = self._rb
+        rb.wait(timeout_ms)
+        records = rb.read(POLL_BATCH)
+        on_event = self._on_event
+        for raw in records:
+            try:
+                etype = raw[0]  # the type tag is first (little-endian u32 below 256)
+                if etype == ev.EV_DATA:
+                    event = parse_data_event(raw)
+                elif etype == ev.EV_OPEN:
+                    event = ev.OpenEvent.from_buffer_copy(raw)
+                elif etype == ev.EV_CLOSE:
+                    event = ev.CloseEvent.from_buffer_copy(raw)
+                elif etype == ev.EV_EXIT:
+                    event = ev.ExitEvent.from_buffer_copy(raw)
+                else:
+                    self.callback_errors += 1
+                    continue
+                on_event(event)
+            except Exception:  # a bad record costs that record only
                 self.callback_errors += 1
-                return 0
-            self._on_event(event)
-        except Exception:  # never let an exception unwind through libbpf's C frames
-            self.callback_errors += 1
-        return _BATCH_FULL if self._batch >= POLL_BATCH else 0
+        return len(records)
 
     # -- maps --------------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:

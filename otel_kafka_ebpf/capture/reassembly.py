@@ -147,36 +147,40 @@ class StreamAssembler:
 
     def _digest(self, out: list[StreamEvent], conn: _Conn, d: RawData, direction: Direction, expected: int,
                 ts: int, last: int | None) -> list[StreamEvent]:
-        """An event with skipped ranges: copied runs and declared skips, in stream order."""
+        """An event with skipped ranges: one StreamData that says where they are (the kernel sends one
+        event per frame, and the decoder takes it whole); split up only where it overlaps bytes
+        already delivered."""
         reason = _SKIP_REASONS.get(d.skip_reason, GapReason.RECORDS_SKIPPED)
-        end_ts = ts if last is None else last
         data = d.payload
         offset = d.offset
+        skipped = sum(n for _, n in d.skips)
+        self.stats.skips += len(d.skips)
+        self.stats.skipped_bytes += skipped
         if offset > expected:
             out.append(self._gap(d.conn_id, direction, ts, expected, offset - expected, gap_reason(d.gap_flags)))
         elif d.gap_flags & ev.GAP_UNSYNCED and offset == expected:
             out.append(StreamGap(d.conn_id, direction, ts, offset, 0, GapReason.UNKNOWN_START))
+        if offset >= expected:
+            out.append(StreamData(d.conn_id, direction, ts, offset, data, bool(d.flags & ev.DATA_FRAME_START), last,
+                                  d.skips, reason))
+            conn.next_offset[direction] = offset + len(data) + skipped
+            return out
+        # overlaps what was delivered: the pieces past `expected`, copied runs and skips apart
+        self.stats.overlaps += 1
+        end_ts = ts if last is None else last
         pos = offset
         prev = 0
-        conn_id = d.conn_id
         for at, n in (*d.skips, (len(data), 0)):
-            if at > prev:
-                run = data[prev:at]
-                if pos + len(run) > expected:
-                    cut = max(0, expected - pos)
-                    out.append(StreamData(conn_id, direction, ts, pos + cut, run[cut:],
-                                          pos == d.offset and not cut and bool(d.flags & ev.DATA_FRAME_START), last))
-                else:
-                    self.stats.overlaps += 1
-                pos += len(run)
-                prev = at
-            if n:
-                if pos + n > expected:
-                    cut = max(0, expected - pos)
-                    out.append(StreamGap(conn_id, direction, end_ts, pos + cut, n - cut, reason))
-                    self.stats.skips += 1
-                    self.stats.skipped_bytes += n - cut
-                pos += n
+            run = data[prev:at]
+            if run and pos + len(run) > expected:
+                cut = max(0, expected - pos)
+                out.append(StreamData(d.conn_id, direction, ts, pos + cut, run[cut:], False, last))
+            pos += len(run)
+            prev = at
+            if n and pos + n > expected:
+                cut = max(0, expected - pos)
+                out.append(StreamGap(d.conn_id, direction, end_ts, pos + cut, n - cut, reason))
+            pos += n
         conn.next_offset[direction] = max(expected, pos)
         return out
 

@@ -7,8 +7,9 @@ stage recorded beside the streams, such as a process's identity). Payload bytes 
 A reader accepts any version it knows and refuses others with one clear error.
 
 Version 2 (the digest capture) adds to version 1: a data event's ``te``, the time of the last
-syscall when several moved its bytes, and the gap reasons RECORDS_SKIPPED and SASL (bytes left in
-the kernel on purpose). Version 1 files are read as they always were.
+syscall when several moved its bytes, its ``sk`` (ranges left in the kernel on purpose, as
+[position in the data, length]) and ``sr`` (why: RECORDS_SKIPPED or SASL), and those two gap
+reasons. Version 1 files are read as they always were.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def _encode(event: StreamEvent) -> dict:
             obj["fs"] = 1
         if event.last_ts_ns is not None:
             obj["te"] = event.last_ts_ns
+        if event.skips:
+            obj["sk"] = [list(s) for s in event.skips]
+            obj["sr"] = int(event.skip_reason or GapReason.RECORDS_SKIPPED)
         return obj
     if isinstance(event, StreamGap):
         return {"t": "gap", "c": event.conn_id, "d": int(event.direction), "ts": event.ts_ns,
@@ -70,8 +74,9 @@ def _encode(event: StreamEvent) -> dict:
 def _decode(obj: dict) -> StreamEvent:
     t = obj["t"]
     if t == "data":
+        skips = tuple((int(at), int(n)) for at, n in obj.get("sk", ()))
         return StreamData(obj["c"], Direction(obj["d"]), obj["ts"], obj["o"], base64.b64decode(obj["b"]),
-                          bool(obj.get("fs")), obj.get("te"))
+                          bool(obj.get("fs")), obj.get("te"), skips, GapReason(obj["sr"]) if skips else None)
     if t == "gap":
         return StreamGap(obj["c"], Direction(obj["d"]), obj["ts"], obj["o"], obj["n"], GapReason(obj["r"]))
     if t == "open":

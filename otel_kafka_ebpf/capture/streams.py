@@ -62,6 +62,10 @@ class ConnectionOpened:
 
 @dataclass(frozen=True, slots=True)
 class StreamData:
+    """Captured bytes of one direction from `offset` on. With `skips` (a digest capture), ranges of the
+    stream inside them were left in the kernel on purpose, never a loss: (position in `data` where the
+    range was, its length in stream bytes), ordered; the event then covers `wire_length` stream bytes."""
+
     conn_id: int
     direction: Direction
     ts_ns: int  # wall clock of the (first) syscall that moved these bytes
@@ -69,10 +73,17 @@ class StreamData:
     data: bytes
     frame_start: bool = False  # the capture knows data[0] begins a Kafka frame (its size field)
     last_ts_ns: int | None = None  # wall clock of the last syscall, when several moved them (else ts_ns)
+    skips: tuple[tuple[int, int], ...] = ()
+    skip_reason: GapReason | None = None  # why the skips were not copied (RECORDS_SKIPPED or SASL)
 
     @property
     def end_ts_ns(self) -> int:
         return self.ts_ns if self.last_ts_ns is None else self.last_ts_ns
+
+    @property
+    def wire_length(self) -> int:
+        """Stream bytes the event covers: the data and the skipped ranges."""
+        return len(self.data) + sum(n for _, n in self.skips) if self.skips else len(self.data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -235,9 +235,11 @@ class KafkaConnection:
         return (self.requests if is_request else self.responses), is_request
 
     def feed_data(self, direction: Direction, offset: int, data, ts_ns: int, frame_start: bool = False,
-                  last_ts_ns: int | None = None) -> None:
+                  last_ts_ns: int | None = None, skips: tuple = ()) -> None:
         splitter, is_request = self._splitter(direction)
-        splitter.feed_data(offset, data, ts_ns, frame_start, last_ts_ns)
+        splitter.feed_data(offset, data, ts_ns, frame_start, last_ts_ns, skips)
+        if skips:
+            self.stats["skipped_on_purpose_bytes"] += sum(n for _, n in skips)
         self._pull(splitter, is_request)
 
     def feed_gap(self, direction: Direction, offset: int, length: int, ts_ns: int,
@@ -437,7 +439,7 @@ class KafkaStreamDecoder:
         if kind is StreamData:
             conn = self._conn(event.conn_id)
             conn.feed_data(event.direction, event.offset, event.data, event.ts_ns, event.frame_start,
-                           event.last_ts_ns)
+                           event.last_ts_ns, event.skips)
         elif kind is StreamGap:
             conn = self._conn(event.conn_id)
             conn.feed_gap(event.direction, event.offset, event.length, event.ts_ns, event.reason)

@@ -136,11 +136,15 @@ class FrameSplitter:
         self._drain()
 
     def feed_data(self, offset: int, data, ts_ns: int, frame_start: bool = False,
-                  last_ts_ns: int | None = None) -> None:
+                  last_ts_ns: int | None = None, skips: tuple = ()) -> None:
         """Append captured bytes at `offset`, moved by syscalls from `ts_ns` to `last_ts_ns` (None: the
         same); `frame_start` says the capture knows data[0] begins a frame, which ends a hunt at once
-        (the kernel tracked the boundaries the gap hid from us)."""
+        (the kernel tracked the boundaries the gap hid from us). `skips`: (position in data, length)
+        of stream ranges inside these bytes left out on purpose (a digest)."""
         last = ts_ns if last_ts_ns is None else last_ts_ns
+        if skips:
+            self._feed_digest(offset, data, ts_ns, frame_start, last, skips)
+            return
         n = len(data)
         if offset != self._end:
             if offset > self._end:  # bytes the capture neither delivered nor reported
@@ -196,6 +200,40 @@ class FrameSplitter:
         self._avail += n
         self._end += n
         self._drain()
+
+    def _feed_digest(self, offset: int, data, ts_ns: int, frame_start: bool, last: int, skips: tuple) -> None:
+        """Captured bytes with skipped ranges inside. The capture sends one such event per frame: at a
+        frame boundary, a whole frame is handed out as it is; anything else goes piece by piece."""
+        if self._hunting and frame_start and offset == self._end:
+            self._discard()
+            self._pos = self._end
+            self._hunting = False
+            self.resyncs += 1
+        if offset == self._end and not self._avail and self._size < 0 and not self._skip and not self._hunting \
+                and len(data) >= 4:
+            (size,) = _i32(data, 0)
+            skipped = 0
+            for _, n in skips:
+                skipped += n
+            if MIN_FRAME <= size <= MAX_FRAME and 4 + size == len(data) + skipped and skips[0][0] >= 4:
+                self._out.append(_new(Frame, (offset, memoryview(data)[4:], ts_ns, last,
+                                              tuple((at - 4, n) for at, n in skips))))
+                self.frames += 1
+                self.declared_skips += skipped
+                self._end += 4 + size
+                self._pos = self._end
+                return
+        pos = offset
+        prev = 0
+        for at, n in skips:
+            if at > prev:
+                self.feed_data(pos, memoryview(data)[prev:at], ts_ns, frame_start and prev == 0, last)
+                pos += at - prev
+            self.feed_skip(pos, n, last)
+            pos += n
+            prev = at
+        if prev < len(data):
+            self.feed_data(pos, memoryview(data)[prev:], ts_ns, False, last)
 
     def feed_skip(self, offset: int, length: int, ts_ns: int) -> bool:
         """`length` bytes at `offset` the capture did not copy on purpose, inside the frame being

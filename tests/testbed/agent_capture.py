@@ -68,6 +68,36 @@ def merge_runs(pieces, upto: int | None = None) -> list[tuple[int, int, object]]
     return [tuple(r) for r in out]
 
 
+def pieces_of(e: StreamData) -> list[tuple[int, object, object]]:
+    """(offset, bytes | skipped length, None | skip reason) of a data event, its skips apart."""
+    if not e.skips:
+        return [(e.offset, e.data, None)]
+    out = []
+    pos, prev = e.offset, 0
+    for at, n in e.skips:
+        if at > prev:
+            out.append((pos, e.data[prev:at], None))
+            pos += at - prev
+        out.append((pos, n, e.skip_reason))
+        pos += n
+        prev = at
+    if prev < len(e.data):
+        out.append((pos, e.data[prev:], None))
+    return out
+
+
+def declared_skips(events) -> list[tuple[int, Direction, int, int, object]]:
+    """(conn_id, direction, offset, length, reason) of every range left in the kernel on purpose,
+    whether an event says it as a StreamGap or as a StreamData's skips."""
+    out = []
+    for e in events:
+        if isinstance(e, StreamGap) and e.length and not e.reason.is_loss:
+            out.append((e.conn_id, e.direction, e.offset, e.length, e.reason))
+        elif isinstance(e, StreamData) and e.skips:
+            out.extend((e.conn_id, e.direction, o, p, r) for o, p, r in pieces_of(e) if isinstance(p, int))
+    return out
+
+
 def connections_of(events) -> dict[int, CapturedConnection]:
     """The connections in a list of stream events, with their pieces."""
     conns: dict[int, CapturedConnection] = {}
@@ -75,7 +105,7 @@ def connections_of(events) -> dict[int, CapturedConnection]:
         if isinstance(e, ConnectionOpened):
             conns[e.conn_id] = CapturedConnection(e)
         elif isinstance(e, StreamData):
-            conns[e.conn_id].pieces[e.direction].append((e.offset, e.data, None))
+            conns[e.conn_id].pieces[e.direction].extend(pieces_of(e))
         elif isinstance(e, StreamGap):
             if e.length:
                 conns[e.conn_id].pieces[e.direction].append((e.offset, e.length, e.reason))

@@ -45,8 +45,8 @@ def _norm(obj):
 
 
 @functools.lru_cache(maxsize=None)
-def _digest(name: str, mode: str = "digest", record_prefix: int = 0) -> tuple:
-    return tuple(layouts.digest_streams(vectors.events(name), mode, record_prefix))
+def _digest(name: str, mode: str = "digest", record_prefix: int = 0, fused: bool = False) -> tuple:
+    return tuple(layouts.digest_streams(vectors.events(name), mode, record_prefix, fused=fused))
 
 
 def _batches(pairs):
@@ -58,10 +58,13 @@ def _batches(pairs):
             yield from (b for part in p.response.partitions for b in part.batches)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["runs-and-gaps", "one-event-per-frame"])
 @pytest.mark.parametrize("name", ALL)
-def test_digest_decodes_to_the_same_pairs(name):
+def test_digest_decodes_to_the_same_pairs(name, fused):
+    """Both forms of a digest: copied runs and StreamGap skips, or (as the live capture sends them)
+    one StreamData per frame that says where its skips are."""
     full, _ = vectors.decode(vectors.events(name))
-    digest, decoder = vectors.decode(_digest(name))
+    digest, decoder = vectors.decode(_digest(name, fused=fused))
     assert [_norm(p) for p in digest] == [_norm(p) for p in full]
     bad = {k: v for k, v in decoder.stats.items() if k.startswith(("malformed", "truncated", "unmatched", "lost"))
            or k.endswith(("lost_frames", "_skipped_bytes", "resyncs", "bad_sizes", "overlaps"))}
