@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 /* Capture of Kafka client traffic at the socket syscalls.
  *
- * enter: filters, fd -> socket, remember the syscall's buffers per thread.
- * exit:  connection state, Kafka detection, frame walk per direction, digest (digest.bpf.h) or
- *        bounded copy into data events (event.bpf.h). Every byte not copied is either a declared
- *        skip inside an event or, when lost, a jump of the stream offset between events. */
+ * One program at every syscall's exit (its arguments are still in pt_regs there): filters,
+ * fd -> socket, connection state, Kafka detection, frame walk per direction, digest (digest.bpf.h)
+ * or bounded copy into data events (event.bpf.h). Every byte not copied is either a declared skip
+ * inside an event or, when lost, a jump of the stream offset between events. Nothing runs at
+ * syscall entry: a second program there would double the cost every process pays per syscall. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -36,6 +37,7 @@ enum conn_verdict { CONN_UNKNOWN = 0, CONN_KAFKA = 1, CONN_OTHER = 2 };
 enum fd_verdict { FD_NOT_SOCKET = 1, FD_NOT_KAFKA = 2 };
 enum op_kind { OP_BUF = 0, OP_IOV = 1, OP_MSG = 2, OP_MMSG = 3, OP_CONNECT = 4, OP_ACCEPT = 5, OP_SENDFILE = 6 };
 
+/* A data syscall of a TCP socket that just returned. */
 struct active_op {
 	__u64 sk;
 	__u64 ino;
@@ -64,12 +66,14 @@ struct {
 	__type(value, __u8);
 } fd_verdicts SEC(".maps");
 
+/* tgid << 32 | fd -> struct sock * of Kafka connections: close() is seen at its exit, when the fd
+ * no longer leads to the socket */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);              /* pid_tgid */
-	__type(value, struct active_op);
-} active SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} kafka_fds SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -100,7 +104,6 @@ struct event_layouts {
 	struct oke_close_event close;
 	struct oke_exit_event exit;
 	struct oke_layout layout;
-	struct oke_pending_event pending;
 };
 
 struct {
@@ -870,29 +873,30 @@ static __always_inline void try_resync(struct conn *c, struct active_op *op, __u
 	}
 }
 
-static __always_inline void on_enter(int fd, __u64 ptr, __u32 count_arg, __u8 kind, __u8 direction)
+/* The socket of a data syscall that moved `ret` bytes, unless its fd is known not to be Kafka. */
+static __always_inline bool data_op(__u32 tgid, int fd, __u64 ptr, __u32 count_arg, __u8 kind, __u8 direction,
+				    struct active_op *op)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
-	if (!traced(tgid))
-		return;
-	count(OKE_CNT_TRACEPOINT_HITS, 1);
 	__u64 key = fd_key(tgid, fd);
 	if (bpf_map_lookup_elem(&fd_verdicts, &key))
-		return;
+		return false;
+	count(OKE_CNT_TRACEPOINT_HITS, 1);
 	__u64 ino = 0;
 	bool is_socket;
 	struct sock *sk = tcp_sock_of_fd(fd, &ino, &is_socket);
 	if (!sk) {
 		__u8 v = is_socket ? FD_NOT_KAFKA : FD_NOT_SOCKET;
 		bpf_map_update_elem(&fd_verdicts, &key, &v, BPF_ANY);
-		return;
+		return false;
 	}
-	struct active_op op = {
-		.sk = (__u64)sk, .ino = ino, .ptr = ptr, .count = count_arg, .kind = kind,
-		.direction = direction, .fd = fd,
-	};
-	bpf_map_update_elem(&active, &pid_tgid, &op, BPF_ANY);
+	op->sk = (__u64)sk;
+	op->ino = ino;
+	op->ptr = ptr;
+	op->count = count_arg;
+	op->kind = kind;
+	op->direction = direction;
+	op->fd = fd;
+	return true;
 }
 
 /* sendfile() moved n bytes from a file straight to the socket: none were in user memory, so they
@@ -947,8 +951,6 @@ static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op op, lo
 			c->dir[op.direction & 1].offset += ret;  /* bytes before detection: not captured */
 			return;
 		}
-		__u8 one = 1;
-		bpf_map_update_elem(&kafka_tgids, &tgid, &one, BPF_ANY);
 	}
 	if (c->verdict != CONN_KAFKA)
 		return;
@@ -959,6 +961,10 @@ static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op op, lo
 			return;
 		}
 		c->open_sent = 1;
+		__u64 key = fd_key(tgid, op.fd);
+		bpf_map_update_elem(&kafka_fds, &key, &op.sk, BPF_ANY);
+		__u8 one = 1;  /* its exit will end its connections (classified or forced by port) */
+		bpf_map_update_elem(&kafka_tgids, &tgid, &one, BPF_ANY);
 	}
 	count(OKE_CNT_SYSCALLS, 1);
 	if (!c->dir[op.direction & 1].synced && op.kind != OP_MMSG)
@@ -982,13 +988,11 @@ static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op op, lo
 	process_op(c, &op, ret, ts);
 }
 
-/* ---- raw syscall tracepoints: one program for every syscall's entry, one for its exit ---- */
+/* ---- the raw syscall exit tracepoint: one program for every syscall ---- */
 
 /* connect()/accept() tell the role, and that both streams start here */
-static __always_inline void new_conn(int fd, __u8 role)
+static __always_inline void new_conn(__u32 tgid, int fd, __u8 role)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
 	__u64 key = fd_key(tgid, fd);
 	bpf_map_delete_elem(&fd_verdicts, &key);
 	__u64 ino = 0;
@@ -1006,31 +1010,22 @@ static __always_inline void new_conn(int fd, __u8 role)
 	conn_for(sk_ptr, ino, role, tgid);
 }
 
-static __always_inline void remember(__u64 pid_tgid, int fd, __u8 kind)
+/* fd was closed: its cached verdict no longer holds, and a Kafka connection on it ends. */
+static __always_inline void on_close(__u32 tgid, int fd)
 {
-	struct active_op op = { .kind = kind, .fd = fd };
-	bpf_map_update_elem(&active, &pid_tgid, &op, BPF_ANY);
-}
-
-static __always_inline int on_close(int fd)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
 	__u64 key = fd_key(tgid, fd);
-	__u8 *v = bpf_map_lookup_elem(&fd_verdicts, &key);
-	if (v) {
+	if (bpf_map_lookup_elem(&fd_verdicts, &key)) {
 		bpf_map_delete_elem(&fd_verdicts, &key);
-		return 0;
+		return;
 	}
-	__u64 ino = 0;
-	bool is_socket;
-	struct sock *sk = tcp_sock_of_fd(fd, &ino, &is_socket);
-	if (!sk)
-		return 0;
-	__u64 sk_ptr = (__u64)sk;
+	__u64 *skp = bpf_map_lookup_elem(&kafka_fds, &key);
+	if (!skp)
+		return;
+	__u64 sk_ptr = *skp;
+	bpf_map_delete_elem(&kafka_fds, &key);
 	struct conn *c = bpf_map_lookup_elem(&conns, &sk_ptr);
-	if (!c || c->ino != ino)
-		return 0;
+	if (!c || c->tgid != tgid)
+		return;
 	if (c->verdict == CONN_KAFKA && c->open_sent) {
 		pending_flush(c, OKE_DIR_SEND);
 		pending_flush(c, OKE_DIR_RECV);
@@ -1049,14 +1044,13 @@ static __always_inline int on_close(int fd)
 		}
 	}
 	bpf_map_delete_elem(&conns, &sk_ptr);
-	return 0;
 }
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 {
 	__u8 kind, direction;
-	switch (id) {
+	switch (OKE_SYSCALL_NR(regs)) {
 	case OKE_NR_write:    kind = OP_BUF;  direction = OKE_DIR_SEND; break;
 	case OKE_NR_read:     kind = OP_BUF;  direction = OKE_DIR_RECV; break;
 	case OKE_NR_sendto:   kind = OP_BUF;  direction = OKE_DIR_SEND; break;
@@ -1068,65 +1062,58 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 	case OKE_NR_sendmmsg: kind = OP_MMSG; direction = OKE_DIR_SEND; break;
 	case OKE_NR_recvmmsg: kind = OP_MMSG; direction = OKE_DIR_RECV; break;
 	case OKE_NR_sendfile: kind = OP_SENDFILE; direction = OKE_DIR_SEND; break;
+	case OKE_NR_connect: kind = OP_CONNECT; direction = 0; break;
+	case OKE_NR_accept:
+	case OKE_NR_accept4: kind = OP_ACCEPT; direction = 0; break;
+	case OKE_NR_close:
 	case OKE_NR_dup2:
 	case OKE_NR_dup3: {
-		/* newfd now names another file: a verdict cached for it no longer holds */
-		int oldfd = PT_REGS_PARM1_CORE_SYSCALL(regs), newfd = PT_REGS_PARM2_CORE_SYSCALL(regs);
+		if (ret < 0)
+			return 0;
 		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-		if (oldfd != newfd && traced(tgid)) {
+		if (!traced(tgid))
+			return 0;
+		if (OKE_SYSCALL_NR(regs) == OKE_NR_close) {
+			on_close(tgid, OKE_SYSCALL_ARG1(regs));
+		} else {
+			/* newfd now names another file: a verdict cached for it no longer holds */
+			int newfd = OKE_SYSCALL_ARG2(regs);
 			__u64 key = fd_key(tgid, newfd);
 			bpf_map_delete_elem(&fd_verdicts, &key);
 		}
 		return 0;
 	}
-	case OKE_NR_connect:
-	case OKE_NR_accept:
-	case OKE_NR_accept4:
-	case OKE_NR_close: {
-		__u64 pid_tgid = bpf_get_current_pid_tgid();
-		if (!traced(pid_tgid >> 32))
-			return 0;
-		int fd = PT_REGS_PARM1_CORE_SYSCALL(regs);
-		if (id == OKE_NR_close)
-			return on_close(fd);
-		remember(pid_tgid, fd, id == OKE_NR_connect ? OP_CONNECT : OP_ACCEPT);
-		return 0;
-	}
 	default:
 		return 0;
 	}
-	on_enter(PT_REGS_PARM1_CORE_SYSCALL(regs), PT_REGS_PARM2_CORE_SYSCALL(regs),
-		 kind == OP_MSG ? 0 : PT_REGS_PARM3_CORE_SYSCALL(regs), kind, direction);
+	if (kind == OP_CONNECT ? (ret != 0 && ret != -EINPROGRESS) : ret <= 0)
+		return 0;  /* nothing moved (EAGAIN...), or no connection: costs nothing more */
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (!traced(tgid))
+		return 0;
+	if (kind == OP_CONNECT) {
+		new_conn(tgid, OKE_SYSCALL_ARG1(regs), OKE_ROLE_CLIENT);
+		return 0;
+	}
+	if (kind == OP_ACCEPT) {
+		new_conn(tgid, ret, OKE_ROLE_SERVER);
+		return 0;
+	}
+	struct active_op op = {};
+	if (data_op(tgid, OKE_SYSCALL_ARG1(regs), OKE_SYSCALL_ARG2(regs),
+		    kind == OP_MSG ? 0 : OKE_SYSCALL_ARG3(regs), kind, direction, &op))
+		on_data_exit(pid_tgid, op, ret);
 	return 0;
 }
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
+/* What a process that exits left unfinished of its frames goes out before its exit event (it never
+ * calls close(): the kernel closes its files). */
+static long flush_conn_of(struct bpf_map *map, __u64 *key, struct conn *c, void *ctx)
 {
-	long nr = OKE_SYSCALL_NR(regs);
-	switch (nr) {
-	case OKE_NR_write: case OKE_NR_read: case OKE_NR_sendto: case OKE_NR_recvfrom:
-	case OKE_NR_writev: case OKE_NR_readv: case OKE_NR_sendmsg: case OKE_NR_recvmsg:
-	case OKE_NR_sendmmsg: case OKE_NR_recvmmsg: case OKE_NR_connect: case OKE_NR_accept:
-	case OKE_NR_accept4: case OKE_NR_sendfile:
-		break;
-	default:
-		return 0;
-	}
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct active_op *opp = bpf_map_lookup_elem(&active, &pid_tgid);
-	if (!opp)
-		return 0;
-	struct active_op op = *opp;
-	bpf_map_delete_elem(&active, &pid_tgid);
-	if (op.kind == OP_CONNECT) {
-		if (ret == 0 || ret == -EINPROGRESS)
-			new_conn(op.fd, OKE_ROLE_CLIENT);
-	} else if (op.kind == OP_ACCEPT) {
-		if (ret >= 0)
-			new_conn(ret, OKE_ROLE_SERVER);
-	} else {
-		on_data_exit(pid_tgid, op, ret);
+	if (c->tgid == *(__u32 *)ctx && c->verdict == CONN_KAFKA && c->open_sent) {
+		pending_flush(c, OKE_DIR_SEND);
+		pending_flush(c, OKE_DIR_RECV);
 	}
 	return 0;
 }
@@ -1141,6 +1128,7 @@ int BPF_PROG(process_exit, struct task_struct *task)
 	if (!bpf_map_lookup_elem(&kafka_tgids, &tgid))
 		return 0;
 	bpf_map_delete_elem(&kafka_tgids, &tgid);
+	bpf_for_each_map_elem(&conns, flush_conn_of, &tgid, 0);
 	struct oke_exit_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(OKE_CNT_RINGBUF_DROPS, 1);

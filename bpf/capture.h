@@ -16,8 +16,6 @@
 #define OKE_MAX_LAYOUTS     64      /* digest layouts loaded at most */
 #define OKE_MAX_DEPTH       4       /* nested arrays a layout may open */
 #define OKE_INFLIGHT        8       /* requests remembered per connection whose responses have a layout */
-#define OKE_PENDING_BYTES   2048    /* an unfinished event bigger than this is sent rather than kept */
-#define OKE_PENDING_SKIPS   16
 
 enum oke_event_type {
 	OKE_EV_OPEN  = 1,
@@ -118,15 +116,6 @@ struct oke_data_event {
 struct oke_skip {
 	__u32 at;
 	__u32 len;
-};
-
-/* An event kept between syscalls while its frame is unfinished (map `pending`, key conn_id << 1 |
- * direction); user space reads the ones of a process that exited in the middle of a frame. */
-struct oke_pending_event {
-	struct oke_data_event ev;    /* ev.type 0: none */
-	__u64 wire_end;
-	struct oke_skip skips[OKE_PENDING_SKIPS];
-	__u8  payload[OKE_PENDING_BYTES];
 };
 
 struct oke_close_event {

@@ -6,6 +6,8 @@
 #define OKE_EVENT_BPF_H
 
 #define PAYLOAD_MASK  (2 * OKE_CHUNK_SIZE - 1)
+#define OKE_PENDING_BYTES 2048  /* an unfinished event bigger than this is sent rather than kept */
+#define OKE_PENDING_SKIPS 16
 
 struct ev_scratch {
 	struct oke_data_event ev;              /* ev.type 0: no event open */
@@ -21,6 +23,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ev_scratch);
 } scratch SEC(".maps");
+
+/* An event kept between syscalls while its frame is unfinished. */
+struct oke_pending_event {
+	struct oke_data_event ev;    /* ev.type 0: none */
+	__u64 wire_end;
+	struct oke_skip skips[OKE_PENDING_SKIPS];
+	__u8  payload[OKE_PENDING_BYTES];
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -12,8 +12,6 @@ MAX_KAFKA_PORTS = 8
 LAYOUT_OPS = 64
 MAX_LAYOUTS = 64
 MAX_DEPTH = 4
-PENDING_BYTES = 2048
-PENDING_SKIPS = 16
 
 EV_OPEN, EV_DATA, EV_CLOSE, EV_EXIT = 1, 2, 3, 4
 
@@ -86,17 +84,6 @@ class Skip(ctypes.Structure):
     ]
 
 
-class PendingEvent(ctypes.Structure):
-    """struct oke_pending_event: an event kept in the kernel while its frame is unfinished."""
-
-    _fields_ = [
-        ("ev", DataEventHeader),
-        ("wire_end", c_uint64),
-        ("skips", Skip * PENDING_SKIPS),
-        ("payload", c_uint8 * PENDING_BYTES),
-    ]
-
-
 class CloseEvent(ctypes.Structure):
     _fields_ = [
         ("type", c_uint32),
@@ -152,7 +139,6 @@ MIRRORS = {
     "oke_open_event": OpenEvent,
     "oke_data_event": DataEventHeader,
     "oke_skip": Skip,
-    "oke_pending_event": PendingEvent,
     "oke_close_event": CloseEvent,
     "oke_exit_event": ExitEvent,
     "oke_config": Config,

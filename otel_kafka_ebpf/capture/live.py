@@ -50,12 +50,9 @@ class LiveCapture:
         exited: list[int] = []
 
         def on_event(raw) -> None:
-            if isinstance(raw, ExitEvent):
-                # what the kernel kept of frames the process left unfinished comes before its end
-                for kept in prog.pending_events(raw.pid):
-                    pending.extend(self.assembler.feed(kept))
-                exited.append(raw.pid)  # then its kernel state is released
             pending.extend(self.assembler.feed(raw))
+            if isinstance(raw, ExitEvent):  # release the process's kernel state too
+                exited.append(raw.pid)
 
         deadline = time.monotonic() + self.duration_s if self.duration_s else None
         with CaptureProgram(self.settings, on_event) as prog:

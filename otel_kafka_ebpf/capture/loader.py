@@ -345,25 +345,6 @@ class CaptureProgram:
                 out.append((key, int.from_bytes(bytes(value[0:8]), "little")))
         return out
 
-    def pending_events(self, pid: int) -> list[RawData]:
-        """What the kernel kept of unfinished frames of a process that exited (it never called close()
-        to send them): the events, taken out of the kernel."""
-        out = []
-        fd = self._maps["pending"]
-        p = ev.PendingEvent()
-        for _, conn_id in self._conns_of(pid):
-            for direction in (0, 1):
-                key = ctypes.c_uint64(conn_id << 1 | direction)
-                if not map_lookup(fd, key, p) or p.ev.type != ev.EV_DATA:
-                    continue
-                h = p.ev
-                n = min(h.len, ev.PENDING_BYTES)
-                skips = tuple((s.at, s.len) for s in p.skips[:min(h.n_skips, ev.PENDING_SKIPS)])
-                out.append(RawData(h.conn_id, h.ts_ns, h.offset, h.pid, h.tid, h.direction, h.gap_flags,
-                                   bytes(p.payload[:n]), h.flags, h.last_ts_ns, skips, h.skip_reason))
-                map_delete(fd, key)
-        return out
-
     def forget_process(self, pid: int) -> int:
         """Drop kernel state of an exited process's connections; returns entries removed."""
         removed = 0

@@ -6,6 +6,7 @@ import http.server
 import os
 import struct
 import threading
+import time
 
 import pytest
 
@@ -169,13 +170,19 @@ def test_non_kafka_traffic_is_not_copied(kafka_broker):
 def test_tiny_ring_buffer_counts_drops_and_gaps(kafka_broker, topic_factory, tmp_path, mode):
     """A ring buffer far too small loses events; the loss shows as counted drops and exact gaps."""
     topic = topic_factory(partitions=1)
-    # full: 16 KiB fill fast enough; a digest is small: one page, and the reader is not woken
-    # before a poll interval (1 s) ends. Only this broker's connections: other processes' traffic
-    # would fill the ring first.
-    only_ours = dict(kafka_ports=(kafka_broker.port,), ports_only=True, mode=mode)
-    settings = CaptureSettings(ringbuf_bytes=16 << 10, wakeup_bytes=0, **only_ours) if mode == "full" else \
-        CaptureSettings(ringbuf_bytes=4 << 10, wakeup_bytes=1 << 30, **only_ours)
-    with BackgroundCapture(settings) as capture:
+    # full: 16 KiB fill fast enough; a digest is small: one page, and a reader that dawdles (50 ms
+    # every 20 events). Only this broker's connections: other processes' traffic would fill the ring.
+    only_ours = dict(kafka_ports=(kafka_broker.port,), ports_only=True, mode=mode, wakeup_bytes=0)
+    settings = CaptureSettings(ringbuf_bytes=(16 if mode == "full" else 4) << 10, **only_ours)
+    events: list = []
+
+    def dawdle(e) -> None:
+        events.append(e)
+        if mode == "digest" and len(events) % 20 == 0:
+            time.sleep(0.05)
+
+    with BackgroundCapture(settings, on_event=dawdle) as capture:
+        capture.events = events
         capture.live.poll_ms = 1000
         with LoopbackCapture(kafka_broker.port) as pcap:
             gt = run_workload("go", kafka_broker.bootstrap, topic, tmp_path / "go.jsonl",
