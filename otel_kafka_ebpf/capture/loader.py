@@ -323,6 +323,9 @@ class CaptureProgram:
             key = ctypes.c_uint32(idx)
             map_lookup(fd, key, values)
             out[name] = sum(values)
+        if self._rb is not None:
+            out["ring_bytes_read"] = self._rb.bytes_read
+            out["reader_wakeups"] = self._rb.wakeups
         return out
 
     def add_pid(self, pid: int) -> None:

@@ -32,6 +32,8 @@ class RingBuffer:
         self._data = memoryview(self._producer)[page:]
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
+        self.bytes_read = 0  # ring bytes consumed (record headers and padding included)
+        self.wakeups = 0  # times the reader slept and was woken or timed out
 
     def available(self) -> int:
         """Bytes the producer wrote that are not consumed yet."""
@@ -40,6 +42,7 @@ class RingBuffer:
     def wait(self, timeout_ms: int) -> None:
         """Sleep until the kernel wakes the reader or the timeout ends (at once if data waits)."""
         if timeout_ms and not self.available():
+            self.wakeups += 1
             try:
                 self._epoll.poll(timeout_ms / 1000)
             except InterruptedError:
@@ -63,6 +66,7 @@ class RingBuffer:
                 append(bytes(data[at + HEADER:at + HEADER + length]))
             length &= ~(BUSY | DISCARD)
             consumer += (length + HEADER + 7) & ~7
+        self.bytes_read += consumer - _u64.unpack_from(self._consumer, 0)[0]
         _u64.pack_into(self._consumer, 0, consumer)
         return out
 

@@ -28,6 +28,10 @@ from .versions import API_TABLE, FETCH, MAX_API_VERSION, PRODUCE, response_heade
 __all__ = ["KafkaPair", "KafkaConnection", "KafkaStreamDecoder", "NEED_DATA"]
 
 MAX_PENDING = 1024  # outstanding requests kept per connection; clients pipeline far fewer
+# A response may reach the decoder just before its request: with one thread writing and another
+# reading, the request's syscall can end (and be captured) after the response was read. A few such
+# responses wait for their request.
+MAX_EARLY = 8
 
 # Why a side of a pair has no decoded message
 LOST = "lost"  # its bytes fell in a capture gap
@@ -213,7 +217,7 @@ class KafkaConnection:
     """Decoder state of one TCP connection; the traced process is the client unless role says so."""
 
     __slots__ = ("conn_id", "role", "requests", "responses", "pending", "seen_versions", "client_id",
-                 "client_id_bytes", "last_correlation_id", "fetch_session", "stats", "_events")
+                 "client_id_bytes", "last_correlation_id", "fetch_session", "stats", "_events", "_early")
 
     def __init__(self, conn_id: int, role: Role = Role.CLIENT, stats: Counter | None = None) -> None:
         self.conn_id = conn_id
@@ -228,6 +232,7 @@ class KafkaConnection:
         self.fetch_session = fetch.FetchSession()
         self.stats = stats if stats is not None else Counter()
         self._events: deque[KafkaPair] = deque()
+        self._early: deque[tuple[int, Frame]] = deque()  # (correlation id, response) ahead of its request
 
     def _splitter(self, direction: Direction) -> tuple[FrameSplitter, bool]:
         sends_requests = self.role != Role.SERVER
@@ -266,6 +271,9 @@ class KafkaConnection:
         for pending in self.pending.values():
             self._emit_unanswered(pending, unanswered)
         self.pending.clear()
+        if self._early:
+            self.stats["unmatched_responses"] += len(self._early)
+            self._early.clear()
         self.stats.update(self.splitter_counters())
         self.requests = FrameSplitter(_RequestValidator(self))  # counters are now in stats
         self.responses = FrameSplitter(_ResponseValidator(self))
@@ -363,6 +371,12 @@ class KafkaConnection:
             _, oldest = pending.popitem(last=False)
             self.stats["pending_overflow"] += 1
             self._emit_unanswered(oldest, LOST)
+        if self._early:
+            for i, (corr, frame) in enumerate(self._early):
+                if corr == header.correlation_id:
+                    del self._early[i]
+                    self._on_response(frame)
+                    break
 
     def _match(self, correlation_id: int) -> _Pending | None:
         """The pending request with this id; earlier ones lost their responses (Kafka answers in order)."""
@@ -386,9 +400,15 @@ class KafkaConnection:
         if len(payload) < 4:
             stats["malformed_response_headers"] += 1
             return
-        entry = self._match(read_response_correlation_id(payload))
-        if entry is None:
+        corr = read_response_correlation_id(payload)
+        if corr not in self.pending:
+            early = self._early
+            early.append((corr, frame))
+            if len(early) > MAX_EARLY:
+                early.popleft()
+                stats["unmatched_responses"] += 1
             return
+        entry = self._match(corr)
         h = entry.header
         response = error = None
         try:
