@@ -43,7 +43,7 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: live.stop())
     decoder = KafkaStreamDecoder()
-    pairs = answered = records = 0
+    pairs = answered = 0
     wire = 0
     for event in live:
         kind = type(event)

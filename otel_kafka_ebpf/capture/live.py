@@ -55,7 +55,10 @@ class LiveCapture:
                 exited.append(raw.pid)
 
         deadline = time.monotonic() + self.duration_s if self.duration_s else None
-        with CaptureProgram(self.settings, on_event) as prog:
+        def on_data_record(raw: bytes) -> None:
+            pending.extend(self.assembler.feed_data_record(raw))
+
+        with CaptureProgram(self.settings, on_event, on_data_record) as prog:
             self.program = prog
             if self.on_ready:
                 self.on_ready()

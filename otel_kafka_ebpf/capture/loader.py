@@ -150,9 +150,15 @@ def _ringbuf_size(n: int) -> int:
 
 
 class CaptureProgram:
-    def __init__(self, settings: CaptureSettings, on_event: Callable[[object], None]):
+    """`on_event` gets each event parsed (RawData, OpenEvent, CloseEvent, ExitEvent); with
+    `on_data_record`, data events go there as the ring's raw bytes instead (parsed by the consumer,
+    which saves building a RawData per event on the hot path)."""
+
+    def __init__(self, settings: CaptureSettings, on_event: Callable[[object], None],
+                 on_data_record: Callable[[bytes], None] | None = None):
         self.settings = settings
         self._on_event = on_event
+        self._on_data_record = on_data_record
         self._obj = None
         self._links: list[int] = []
         self._rb: RingBuffer | None = None
@@ -294,10 +300,14 @@ class CaptureProgram:
         rb.wait(timeout_ms)
         records = rb.read(POLL_BATCH)
         on_event = self._on_event
+        on_data = self._on_data_record
         for raw in records:
             try:
                 etype = raw[0]  # the type tag is first (little-endian u32 below 256)
                 if etype == ev.EV_DATA:
+                    if on_data is not None:
+                        on_data(raw)
+                        continue
                     event = parse_data_event(raw)
                 elif etype == ev.EV_OPEN:
                     event = ev.OpenEvent.from_buffer_copy(raw)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 
 from . import events as ev
-from .loader import RawData
+from .loader import DATA_HEADER, RawData, parse_data_event
 from .streams import (
     ConnectionClosed,
     ConnectionOpened,
@@ -38,6 +39,37 @@ _FLAG_REASONS = (
 
 
 _SKIP_REASONS = {ev.SKIP_RECORDS: GapReason.RECORDS_SKIPPED, ev.SKIP_SASL: GapReason.SASL}
+_unpack_header = DATA_HEADER.unpack_from
+_HEADER = DATA_HEADER.size
+_unpack_skips = [None] + [struct.Struct(f"<{2 * k}I").unpack_from for k in range(1, 9)]
+_DIRECTIONS = (Direction.SEND, Direction.RECV)
+
+
+def _fast_constructor(cls, fields: tuple[str, ...]):
+    """cls(*values) for a frozen slots dataclass without its generated __init__ (which sets each field
+    through object.__setattr__): the slots' own setters, bound once. The hot path builds one per event."""
+    new = object.__new__
+    setters = tuple(cls.__dict__[f].__set__ for f in fields)
+    assert fields == tuple(f for f in cls.__slots__ if not f.startswith("__"))
+    s0, s1, s2, s3, s4, s5, s6, s7, s8 = setters
+
+    def make(a, b, c, d, e, f, g, h, i):
+        o = new(cls)
+        s0(o, a)
+        s1(o, b)
+        s2(o, c)
+        s3(o, d)
+        s4(o, e)
+        s5(o, f)
+        s6(o, g)
+        s7(o, h)
+        s8(o, i)
+        return o
+    return make
+
+
+_stream_data = _fast_constructor(StreamData, ("conn_id", "direction", "ts_ns", "offset", "data", "frame_start",
+                                              "last_ts_ns", "skips", "skip_reason"))
 
 
 def gap_reason(flags: int) -> GapReason:
@@ -111,6 +143,31 @@ class StreamAssembler:
             remote_addr=_addr(e.family, bytes(e.remote_addr)), remote_port=e.remote_port,
             role=Role(e.role) if e.role in (0, 1, 2) else Role.UNKNOWN,
         )]
+
+    def feed_data_record(self, raw: bytes) -> list[StreamEvent]:
+        """A data event as the ring holds it. The common case (a known connection, the stream going on
+        where it was, nothing lost before) is one StreamData built here; anything else goes the
+        general way."""
+        (_, n, conn_id, ts, offset, _pid, _tid, direction, gap_flags, flags, n_skips, skip_reason, _,
+         last) = _unpack_header(raw)
+        conn = self._conns.get(conn_id)
+        if conn is None or gap_flags or offset != conn.next_offset[direction & 1]:
+            return self._data(parse_data_event(raw))
+        data = raw[_HEADER:_HEADER + n]
+        wall = self.clock_offset_ns
+        if n_skips:
+            table = _unpack_skips[n_skips](raw, _HEADER + n) if n_skips < len(_unpack_skips) else \
+                struct.unpack_from(f"<{2 * n_skips}I", raw, _HEADER + n)
+            skips = tuple(zip(table[::2], table[1::2]))
+            skipped = sum(table[1::2])
+            self.stats.skips += n_skips
+            self.stats.skipped_bytes += skipped
+            reason = _SKIP_REASONS.get(skip_reason, GapReason.RECORDS_SKIPPED)
+        else:
+            skips, skipped, reason = (), 0, None
+        conn.next_offset[direction & 1] = offset + n + skipped
+        return [_stream_data(conn_id, _DIRECTIONS[direction & 1], ts + wall, offset, data, bool(flags & ev.DATA_FRAME_START),
+                             None if last == ts else last + wall, skips, reason)]
 
     def _data(self, d: RawData) -> list[StreamEvent]:
         out: list[StreamEvent] = []
