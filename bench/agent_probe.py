@@ -36,9 +36,11 @@ def main() -> int:
     ap.add_argument("--pid", type=int, action="append", default=[])
     ap.add_argument("--kafka-port", type=int, action="append", default=[])
     ap.add_argument("--frame-budget", type=int, default=1 << 20)
+    ap.add_argument("--wakeup-bytes", type=int, default=None)
     args = ap.parse_args()
     settings = CaptureSettings(mode=args.mode, pids=set(args.pid), kafka_ports=tuple(args.kafka_port),
-                               ports_only=bool(args.kafka_port), frame_budget=args.frame_budget)
+                               ports_only=bool(args.kafka_port), frame_budget=args.frame_budget,
+                               wakeup_bytes=args.wakeup_bytes)
     live = LiveCapture(settings, on_ready=lambda: print("ready", file=sys.stderr, flush=True), drain_s=10)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: live.stop())
