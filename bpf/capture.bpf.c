@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 /* Capture of Kafka client traffic at the socket syscalls.
  *
- * enter: filters, fd -> socket, remember the syscall's buffers per thread.
- * exit:  connection state, Kafka detection, frame walk per direction, bounded copy into the ring
- *        buffer. Every byte not copied is visible to user space as a jump of the stream offset. */
+ * One program at every syscall's exit (its arguments are still in pt_regs there): filters,
+ * fd -> socket, connection state, Kafka detection, frame walk per direction, digest (digest.bpf.h)
+ * or bounded copy into data events (event.bpf.h). Every byte not copied is either a declared skip
+ * inside an event or, when lost, a jump of the stream offset between events. Nothing runs at
+ * syscall entry: a second program there would double the cost every process pays per syscall. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -11,6 +13,9 @@
 #include <bpf/bpf_tracing.h>
 #include "capture.h"
 #include "syscalls.bpf.h"
+#include "state.bpf.h"
+#include "event.bpf.h"
+#include "digest.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -26,45 +31,13 @@ char LICENSE[] SEC("license") = "GPL";
 #define KAFKA_MAX_FRAME    (256 << 20)
 #define KAFKA_MAX_API_KEY  127
 #define KAFKA_MAX_VERSION  40
-#define WALK_MAX_STEPS     8192
-
-
-const volatile struct oke_config cfg = {};
+#define WALK_MAX_STEPS     (1 << 20)   /* units walked per syscall: a digest takes a few per record batch */
 
 enum conn_verdict { CONN_UNKNOWN = 0, CONN_KAFKA = 1, CONN_OTHER = 2 };
 enum fd_verdict { FD_NOT_SOCKET = 1, FD_NOT_KAFKA = 2 };
 enum op_kind { OP_BUF = 0, OP_IOV = 1, OP_MSG = 2, OP_MMSG = 3, OP_CONNECT = 4, OP_ACCEPT = 5, OP_SENDFILE = 6 };
 
-struct dir_state {
-	__u64 offset;        /* stream bytes seen so far */
-	__u32 frame_left;    /* body bytes left in the current frame; 0: at a size field */
-	__u32 frame_copied;  /* bytes of the current frame copied (size field included) */
-	__u8  size_have;     /* bytes of the size field seen so far */
-	__u8  synced;        /* frame boundaries known */
-	__u8  gap_flags;     /* reasons for bytes missed since the last event */
-	__u8  pad0;
-	__u8  size_buf[4];
-};
-
-struct conn {
-	__u64 conn_id;
-	__u64 ino;           /* socket inode: tells a reused struct sock from the old one */
-	__u64 open_ts;
-	__u32 tgid;
-	__u8  verdict;
-	__u8  role;
-	__u8  open_sent;
-	__u8  attempts;
-	struct dir_state dir[2];
-	__s32 resync_corr;   /* correlation id of the request seen when joining mid-stream */
-	__u8  resync_armed;  /* responses may resynchronise on resync_corr */
-	__u8  pending4_valid;
-	__u8  pending4[4];   /* a lone 4-byte read: maybe the size field of the awaited response, or
-	                      * (lead4) the size field of the first request, read alone */
-	__u8  lead4;         /* classified on a request whose size field came alone: emit pending4 first */
-	__u8  pad1;
-};
-
+/* A data syscall of a TCP socket that just returned. */
 struct active_op {
 	__u64 sk;
 	__u64 ino;
@@ -78,23 +51,13 @@ struct active_op {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 64 << 20);
-} events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, OKE_CNT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);              /* struct sock * */
 	__type(value, struct conn);
 } conns SEC(".maps");
+
+const struct conn zero_conn = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -103,12 +66,14 @@ struct {
 	__type(value, __u8);
 } fd_verdicts SEC(".maps");
 
+/* tgid << 32 | fd -> struct sock * of Kafka connections: close() is seen at its exit, when the fd
+ * no longer leads to the socket */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);              /* pid_tgid */
-	__type(value, struct active_op);
-} active SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} kafka_fds SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -124,17 +89,6 @@ struct {
 	__type(value, __u8);
 } kafka_tgids SEC(".maps");
 
-struct scratch_buf {
-	struct oke_data_event ev;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct scratch_buf);
-} scratch SEC(".maps");
-
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -145,8 +99,11 @@ struct {
 /* Never written: keeps the event structs in the object's BTF, where the layout test reads them. */
 struct event_layouts {
 	struct oke_open_event open;
+	struct oke_data_event data;
+	struct oke_skip skip;
 	struct oke_close_event close;
 	struct oke_exit_event exit;
+	struct oke_layout layout;
 };
 
 struct {
@@ -154,7 +111,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct event_layouts);
-} layouts SEC(".maps");
+} event_structs SEC(".maps");
 
 /* (netns inode << 16 | port) of sockets listening when the agent started, filled by user space */
 struct {
@@ -163,13 +120,6 @@ struct {
 	__type(key, __u64);
 	__type(value, __u8);
 } listen_ports SEC(".maps");
-
-static __always_inline void count(__u32 idx, __u64 n)
-{
-	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
-	if (v)
-		*v += n;
-}
 
 static __always_inline bool traced(__u32 tgid)
 {
@@ -258,21 +208,24 @@ static __always_inline struct conn *conn_for(__u64 sk_ptr, __u64 ino, __u8 role,
 	__u64 *idp = bpf_map_lookup_elem(&next_conn_id, &zero);
 	if (!idp)
 		return NULL;
-	struct conn fresh = {};
-	fresh.conn_id = __sync_fetch_and_add(idp, 1) + 1;
-	fresh.ino = ino;
-	fresh.open_ts = bpf_ktime_get_ns();
-	fresh.tgid = tgid;
-	fresh.role = role;
+	/* created from a zeroed template: struct conn is too big for the stack */
+	bpf_map_update_elem(&conns, &sk_ptr, (void *)&zero_conn, BPF_ANY);
+	struct conn *fresh = bpf_map_lookup_elem(&conns, &sk_ptr);
+	if (!fresh)
+		return NULL;
+	fresh->conn_id = __sync_fetch_and_add(idp, 1) + 1;
+	fresh->ino = ino;
+	fresh->open_ts = bpf_ktime_get_ns();
+	fresh->tgid = tgid;
+	fresh->role = role;
 	if (forced) {
-		fresh.verdict = CONN_KAFKA;
+		fresh->verdict = CONN_KAFKA;
 		/* from connect()/accept() we are at the start of both streams */
-		fresh.dir[0].synced = fresh.dir[1].synced = (role != OKE_ROLE_UNKNOWN);
+		fresh->dir[0].synced = fresh->dir[1].synced = (role != OKE_ROLE_UNKNOWN);
 		if (role == OKE_ROLE_UNKNOWN)
-			fresh.dir[0].gap_flags = fresh.dir[1].gap_flags = OKE_GAP_UNSYNCED;
+			fresh->dir[0].gap_flags = fresh->dir[1].gap_flags = OKE_GAP_UNSYNCED;
 	}
-	bpf_map_update_elem(&conns, &sk_ptr, &fresh, BPF_ANY);
-	return bpf_map_lookup_elem(&conns, &sk_ptr);
+	return fresh;
 }
 
 static __always_inline bool emit_open(struct conn *c, __u64 sk_ptr)
@@ -305,8 +258,9 @@ static __always_inline bool emit_open(struct conn *c, __u64 sk_ptr)
 		bpf_probe_read_kernel(e->remote_addr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, ringbuf_flags());
 	count(OKE_CNT_EVENTS, 1);
+	count(OKE_CNT_CONN_KAFKA, 1);  /* once per connection, classified or forced by port */
 	return true;
 }
 
@@ -360,17 +314,6 @@ static __always_inline int peek_bytes(struct active_op *op, __u32 total, struct 
 	return got;
 }
 
-/* Kafka's integers are big-endian */
-static __always_inline __s32 be32(const __u8 *b)
-{
-	return (__s32)(((__u32)b[0] << 24) | ((__u32)b[1] << 16) | ((__u32)b[2] << 8) | b[3]);
-}
-
-static __always_inline __s16 be16(const __u8 *b)
-{
-	return (__s16)(((__u16)b[0] << 8) | b[1]);
-}
-
 static __always_inline bool looks_like_kafka_request(struct peek *p, int n)
 {
 	if (n < 14)
@@ -391,11 +334,9 @@ static __always_inline bool looks_like_kafka_request(struct peek *p, int n)
 	return true;
 }
 
-/* ---- the frame walker: one contiguous user buffer per call ---- */
+/* ---- the frame walker: the bytes of one syscall, segment by segment ---- */
 
 struct walk {
-	struct conn *c;
-	struct dir_state *d;
 	__u64 iov;           /* user iovec array, 0 for a plain buffer */
 	__u32 iovcnt;
 	__u32 seg;           /* current iovec */
@@ -403,259 +344,319 @@ struct walk {
 	__u32 covered;       /* bytes of the syscall in segments loaded so far */
 	__u64 ptr;           /* current segment's user buffer */
 	__u32 len;
-	__u32 pos;           /* next byte of the segment to classify */
-	__u32 run_start;     /* start of bytes to copy not yet emitted */
-	__u32 run_open;
+	__u32 pos;           /* next byte of the segment to walk */
 	__u64 base_offset;   /* stream offset of ptr[0] */
+	__u64 start;         /* stream offset of the syscall's first byte */
 	__u64 ts;
-	__u32 pid;
-	__u32 tid;
 	__u8  direction;
+	__u8  is_request;    /* this direction carries requests */
 	__u8  failed;
 	__u8  done;
-	__u8  run_frame_start;  /* the open run begins at a frame's size field */
-	__u8  pad[4];
+	__u32 pad0;
 };
 
-/* Everything of a data event but its length and payload. */
-static __always_inline void data_header(struct oke_data_event *e, struct conn *c, struct dir_state *d, __u8 dir,
-					__u64 ts, __u64 offset, __u32 pid, __u32 tid, __u16 flags)
+/* The callback's context: the pointers stay out of the struct walk_one() may write to, where the
+ * verifier would forget that they are pointers. */
+struct walk_ctx {
+	struct conn *c;
+	struct ev_scratch *sb;
+	struct walk w;
+};
+
+/* What one walker step works on. */
+struct cursor {
+	struct walk *w;
+	struct conn *c;
+	struct dir_state *d;
+	struct ev_scratch *sb;
+};
+
+/* Make the open event able to take bytes at the current position: contiguous, and room left.
+ * Returns the room for copied bytes. */
+static __always_inline __u32 ev_ready(struct cursor *k)
 {
-	e->type = OKE_EV_DATA;
-	e->conn_id = c->conn_id;
-	e->ts_ns = ts;
-	e->offset = offset;
-	e->pid = pid;
-	e->tid = tid;
-	e->direction = dir;
-	e->gap_flags = d->gap_flags;
-	e->flags = flags;
-	e->pad1 = 0;
+	struct walk *w = k->w;
+	struct ev_scratch *sb = k->sb;
+	struct dir_state *d = k->d;
+	__u64 at = w->base_offset + w->pos;
+	if (sb->ev.type && (sb->wire_end != at || sb->ev.len >= OKE_CHUNK_SIZE))
+		ev_flush(sb, d);
+	if (!sb->ev.type) {
+		__u16 flags = d->synced && d->frame_left == 0 && d->size_have == 0 ? OKE_DATA_FRAME_START : 0;
+		ev_begin(sb, k->c, d, w->direction, at, w->ts, flags);
+	}
+	sb->ev.last_ts_ns = w->ts;
+	return OKE_CHUNK_SIZE - sb->ev.len;
 }
 
-static __always_inline void emit_chunk(struct walk *w, __u32 start, __u32 n32, __u16 flags)
+/* Copy up to n bytes at the current position into the event; how many were copied, 0 on a fault. */
+static __always_inline __u32 put_user(struct cursor *k, __u32 n)
 {
-	__u32 zero = 0;
-	struct scratch_buf *sb = bpf_map_lookup_elem(&scratch, &zero);
-	if (!sb)
-		return;
-	struct oke_data_event *e = &sb->ev;
-	/* read the length back from memory: the verifier then bounds it here and does not trace its
-	 * exact value back through the walk, whose loop states would otherwise never converge */
-	e->len = n32;
-	__u64 n = *(volatile __u32 *)&e->len;
-	if (n == 0 || n > OKE_CHUNK_SIZE)
-		return;
-	data_header(e, w->c, w->d, w->direction, w->ts, w->base_offset + start, w->pid, w->tid, flags);
-	if (bpf_probe_read_user(e->payload, n, (void *)(w->ptr + start))) {
-		w->d->gap_flags |= OKE_GAP_USER_COPY;
-		count(OKE_CNT_GAP_BYTES, n);
-		return;
+	struct walk *w = k->w;
+	__u32 room = ev_ready(k);
+	if (n > room)
+		n = room;
+	if (ev_put_user(k->sb, w->ptr + w->pos, n)) {
+		w->failed = 1;
+		return 0;
 	}
-	if (bpf_ringbuf_output(&events, e, offsetof(struct oke_data_event, payload) + n, 0)) {
-		w->d->gap_flags |= OKE_GAP_RINGBUF;
-		count(OKE_CNT_RINGBUF_DROPS, 1);
-		count(OKE_CNT_GAP_BYTES, n);
-		return;
-	}
-	w->d->gap_flags = 0;
-	count(OKE_CNT_EVENTS, 1);
-	count(OKE_CNT_BYTES, n);
+	k->sb->wire_end += n;
+	k->d->frame_copied += n;
+	return n;
 }
 
-/* Emit at most one chunk of the open run ending at `end`; returns true when the run is done. */
-static __always_inline bool flush_step(struct walk *w, __u32 end)
+/* Up to 4 bytes already read from the current position go into the event. */
+static __always_inline void put_small(struct cursor *k, const __u8 *tmp, __u32 n)
 {
-	__u32 n = end - w->run_start;
-	if (n > OKE_CHUNK_SIZE)
-		n = OKE_CHUNK_SIZE;
-	/* no comparison of positions here: known-value branches would make the verifier track them exactly */
-	if (n)
-		emit_chunk(w, w->run_start, n, w->run_frame_start ? OKE_DATA_FRAME_START : 0);
-	w->run_start += n;
-	w->run_frame_start = 0;
-	if (w->run_start >= end) {
-		w->run_open = 0;
-		return true;
-	}
-	return false;
+	ev_ready(k);
+	ev_put_small(k->sb, tmp, n);
+	k->sb->wire_end += n;
+	k->d->frame_copied += n;
 }
 
-static __always_inline void open_run(struct walk *w)
+/* n bytes at the current position are skipped on purpose. */
+static __always_inline void put_skip(struct cursor *k, __u32 n, __u8 reason)
 {
-	if (!w->run_open) {
-		struct dir_state *d = w->d;
-		w->run_open = 1;
-		w->run_start = w->pos;
-		w->run_frame_start = d->synced && d->frame_left == 0 && d->size_have == 0;
+	ev_ready(k);
+	if (!ev_put_skip(k->sb, n, reason)) {
+		ev_flush(k->sb, k->d);
+		ev_ready(k);
+		ev_put_skip(k->sb, n, reason);
 	}
+	k->sb->wire_end += n;
+	count(OKE_CNT_SKIPPED_BYTES, n);
+}
+
+/* n bytes at the current position are lost (not copied, not declared): the event ends before them. */
+static __always_inline void put_loss(struct cursor *k, __u32 n, __u8 why)
+{
+	ev_flush(k->sb, k->d);
+	k->d->gap_flags |= why;
+	count(OKE_CNT_GAP_BYTES, n);
+}
+
+static __always_inline void begin_frame(struct dir_state *d)
+{
+	d->step = 0;
+	d->depth = 0;
+	if (d->raw_next) {
+		/* a raw SASL token (after SaslHandshake v0): its bytes never leave the kernel */
+		d->raw_next = 0;
+		d->layout = LAYOUT_NONE;
+		d->skip_reason = OKE_SKIP_SASL;
+		unit(d, U_SKIP, d->frame_left);
+	} else {
+		d->layout = LAYOUT_HEAD;
+		d->unit = U_NONE;
+	}
+}
+
+/* The frame ends here: its event goes out, and the digest starts afresh at the next size field. */
+static __always_inline void end_frame(struct cursor *k)
+{
+	struct dir_state *d = k->d;
+	ev_flush(k->sb, d);
+	d->layout = LAYOUT_NONE;
+	d->unit = U_NONE;
+	d->step = 0;
+	d->depth = 0;
+}
+
+static __always_inline long next_segment(struct walk *w)
+{
+	w->base_offset += w->len;
+	w->seg++;
+	if (!w->iov || w->seg >= w->iovcnt || w->seg >= OKE_MAX_IOV || w->covered >= w->total) {
+		w->done = 1;
+		return 1;
+	}
+	struct iovec v;
+	if (bpf_probe_read_user(&v, sizeof(v), (void *)(w->iov + w->seg * sizeof(struct iovec)))) {
+		w->failed = 1;
+		return 1;
+	}
+	w->ptr = (__u64)v.iov_base;
+	w->len = v.iov_len < w->total - w->covered ? v.iov_len : w->total - w->covered;
+	w->covered += w->len;
+	w->pos = 0;
+	return 0;
+}
+
+/* No frame boundaries known: copy up to the budget per syscall, flagged unsynced. */
+static __always_inline long unsynced_step(struct cursor *k, __u32 avail)
+{
+	struct walk *w = k->w;
+	__u64 walked = w->base_offset + w->pos - w->start;
+	__u32 budget = cfg.frame_budget;
+	if (walked >= budget) {
+		put_loss(k, avail, OKE_GAP_BUDGET);
+		w->pos = w->len;
+		return 0;
+	}
+	__u32 take = avail;
+	if (take > budget - walked)
+		take = budget - walked;
+	__u32 n = put_user(k, take);
+	if (!n)
+		return 1;
+	w->pos += n;
+	return 0;
+}
+
+/* A frame's size field, possibly split across syscalls. */
+static __always_inline long size_step(struct cursor *k, __u32 avail)
+{
+	struct walk *w = k->w;
+	struct dir_state *d = k->d;
+	__u32 need = 4 - d->size_have;
+	__u32 take = avail < need ? avail : need;
+	__u8 tmp[8] = {};
+	if (take == 0 || take > 4)
+		return 1;
+	barrier_var(take);
+	if (bpf_probe_read_user(tmp, take & 7, (void *)(w->ptr + w->pos))) {
+		w->failed = 1;
+		return 1;
+	}
+	put_small(k, tmp, take);
+#pragma unroll
+	for (int j = 0; j < 4; j++)
+		if (j < take)
+			d->size_buf[(d->size_have + j) & 3] = tmp[j];
+	w->pos += take;
+	d->size_have += take;
+	if (d->size_have < 4)
+		return 0;
+	__s32 size = be32(d->size_buf);
+	d->size_have = 0;
+	d->frame_copied = 4;
+	if (size == 0 && d->raw_next) {
+		/* an empty raw SASL token */
+		d->raw_next = 0;
+		end_frame(k);
+		return 0;
+	}
+	if (size <= 0 || size > KAFKA_MAX_FRAME) {
+		/* not a frame: lose sync rather than guess */
+		ev_flush(k->sb, d);
+		d->synced = 0;
+		d->gap_flags |= OKE_GAP_UNSYNCED;
+		return 0;
+	}
+	d->frame_left = size;
+	begin_frame(d);
+	return 0;
+}
+
+/* The frame body: the current unit of the digest, or a plain copy under the budget. */
+static __always_inline long body_step(struct cursor *k, __u32 avail)
+{
+	struct walk *w = k->w;
+	struct dir_state *d = k->d;
+	__u32 n = avail < d->unit_left ? avail : d->unit_left;
+	if (n > d->frame_left)
+		n = d->frame_left;
+	bool unit_done = false;
+	switch (d->unit) {
+	case U_BODY: {
+		__u32 budget = cfg.frame_budget;
+		__u32 budget_left = budget > d->frame_copied ? budget - d->frame_copied : 0;
+		if (budget_left) {
+			n = put_user(k, n < budget_left ? n : budget_left);
+			if (!n)
+				return 1;
+		} else {
+			put_loss(k, n, OKE_GAP_BUDGET);
+		}
+		break;
+	}
+	case U_COPY:
+		n = put_user(k, n);
+		if (!n)
+			return 1;
+		break;
+	case U_SKIP:
+		put_skip(k, n, d->skip_reason);
+		break;
+	case U_FIELD: {
+		__u8 tmp[8] = {};
+		if (n > 4)
+			n = 4;
+		if (n == 0)
+			return 1;
+		barrier_var(n);
+		if (bpf_probe_read_user(tmp, n & 7, (void *)(w->ptr + w->pos))) {
+			w->failed = 1;
+			return 1;
+		}
+		put_small(k, tmp, n);
+		__u32 acc = d->acc;
+#pragma unroll
+		for (int j = 0; j < 4; j++)
+			if (j < n)
+				acc = (acc << 8) | tmp[j];
+		d->acc = acc;
+		break;
+	}
+	case U_VARINT: {
+		__u8 b;
+		if (bpf_probe_read_user(&b, 1, (void *)(w->ptr + w->pos))) {
+			w->failed = 1;
+			return 1;
+		}
+		put_small(k, &b, 1);
+		n = 1;
+		d->acc |= (__u32)(b & 0x7f) << ((7 * d->have) & 31);
+		d->have++;
+		unit_done = !(b & 0x80) || d->have >= 5;
+		break;
+	}
+	default:
+		return 1;
+	}
+	w->pos += n;
+	d->frame_left -= n;
+	if (d->unit != U_VARINT) {
+		d->unit_left -= n;
+		unit_done = d->unit_left == 0;
+	}
+	if (unit_done) {
+		d->unit = U_NONE;
+		/* a frame that ends with its head (a bare correlation id) still matches its request */
+		if (d->frame_left == 0 && d->layout == LAYOUT_HEAD)
+			digest_next(k->c, w->direction, w->is_request);
+	}
+	if (d->frame_left == 0)
+		end_frame(k);
+	return 0;
+}
+
+/* One step of the walk. A global function: the verifier checks it once, for any state, instead of
+ * following the walk's states through bpf_loop (which never converged). */
+__noinline int walk_one(struct walk *w, struct conn *c, struct ev_scratch *sb)
+{
+	if (!w || !c || !sb)
+		return 1;
+	struct cursor k = { .w = w, .c = c, .d = &c->dir[w->direction & 1], .sb = sb };
+	struct dir_state *d = k.d;
+	if (w->pos >= w->len)
+		return next_segment(w);
+	__u32 avail = w->len - w->pos;
+	if (!d->synced)
+		return unsynced_step(&k, avail);
+	if (d->frame_left == 0)
+		return size_step(&k, avail);
+	if (d->unit == U_NONE) {
+		digest_next(c, w->direction, w->is_request);
+		return 0;
+	}
+	return body_step(&k, avail);
 }
 
 static long walk_step(__u32 i, void *ctx)
 {
-	struct walk *w = ctx;
-	struct dir_state *d = w->d;
-	if (w->pos >= w->len) {
-		if (w->run_open) {
-			flush_step(w, w->len);
-			return 0;
-		}
-		/* next buffer of the syscall */
-		w->base_offset += w->len;
-		w->seg++;
-		if (!w->iov || w->seg >= w->iovcnt || w->seg >= OKE_MAX_IOV || w->covered >= w->total) {
-			w->done = 1;
-			return 1;
-		}
-		struct iovec v;
-		if (bpf_probe_read_user(&v, sizeof(v), (void *)(w->iov + w->seg * sizeof(struct iovec)))) {
-			w->failed = 1;
-			return 1;
-		}
-		w->ptr = (__u64)v.iov_base;
-		w->len = v.iov_len < w->total - w->covered ? v.iov_len : w->total - w->covered;
-		w->covered += w->len;
-		w->pos = 0;
-		return 0;
-	}
-	/* a full chunk is ready: emit it before classifying more bytes */
-	if (w->run_open && w->pos - w->run_start >= OKE_CHUNK_SIZE) {
-		flush_step(w, w->pos);
-		return 0;
-	}
-	__u32 avail = w->len - w->pos;
-	if (!d->synced) {
-		/* no frame boundaries: copy up to the budget per syscall, flagged unsynced */
-		__u32 budget = cfg.frame_budget;
-		if (w->pos >= budget) {
-			if (w->run_open) {
-				flush_step(w, w->pos);
-				return 0;
-			}
-			d->gap_flags |= OKE_GAP_BUDGET;
-			count(OKE_CNT_GAP_BYTES, avail);
-			w->pos = w->len;
-			return 0;
-		}
-		__u32 take = avail;
-		if (take > budget - w->pos)
-			take = budget - w->pos;
-		if (take > OKE_CHUNK_SIZE)
-			take = OKE_CHUNK_SIZE;
-		open_run(w);
-		w->pos += take;
-		return 0;
-	}
-	if (d->frame_left == 0) {
-		/* size field, possibly split across syscalls */
-		__u32 need = 4 - d->size_have;
-		__u32 take = avail < need ? avail : need;
-		__u8 tmp[8] = {};
-		if (take == 0 || take > 4)
-			return 1;
-		barrier_var(take);
-		if (bpf_probe_read_user(tmp, take & 7, (void *)(w->ptr + w->pos))) {
-			w->failed = 1;
-			return 1;
-		}
-#pragma unroll
-		for (int j = 0; j < 4; j++)
-			if (j < take)
-				d->size_buf[(d->size_have + j) & 3] = tmp[j];
-		open_run(w);
-		w->pos += take;
-		d->size_have += take;
-		if (d->size_have == 4) {
-			__s32 size = be32(d->size_buf);
-			d->size_have = 0;
-			if (size <= 0 || size > KAFKA_MAX_FRAME) {
-				/* not a frame: lose sync rather than guess */
-				d->synced = 0;
-				d->gap_flags |= OKE_GAP_UNSYNCED;
-				return 0;
-			}
-			d->frame_left = size;
-			d->frame_copied = 4;
-		} else {
-			d->frame_copied = d->size_have;
-		}
-		return 0;
-	}
-	/* frame body */
-	__u32 take = avail < d->frame_left ? avail : d->frame_left;
-	__u32 budget = cfg.frame_budget;
-	__u32 budget_left = budget > d->frame_copied ? budget - d->frame_copied : 0;
-	__u32 copy = take < budget_left ? take : budget_left;
-	if (copy) {
-		open_run(w);
-		w->pos += copy;
-		d->frame_copied += copy;
-		d->frame_left -= copy;
-		return 0;
-	}
-	/* over budget: close the run, skip the rest of this frame's bytes in this buffer */
-	if (w->run_open) {
-		flush_step(w, w->pos);
-		return 0;
-	}
-	d->gap_flags |= OKE_GAP_BUDGET;
-	count(OKE_CNT_GAP_BYTES, take);
-	w->pos += take;
-	d->frame_left -= take;
-	return 0;
-}
-
-/* Walk the buffers of one syscall that moved `total` bytes; the stream offset always advances
- * by exactly `total`, whatever the walk managed to copy. */
-static __always_inline void process_op(struct conn *c, struct active_op *op, __u32 total, __u64 ts)
-{
-	__u8 dir = op->direction & 1;
-	struct dir_state *d = &c->dir[dir];
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct walk w = {
-		.c = c, .d = d, .base_offset = d->offset, .ts = ts, .total = total,
-		.pid = pid_tgid >> 32, .tid = (__u32)pid_tgid, .direction = dir,
-	};
-	__u64 start = d->offset;
-	if (op->kind == OP_BUF) {
-		w.ptr = op->ptr;
-		w.len = total;
-		w.covered = total;
-	} else {
-		w.iov = op->ptr;
-		w.iovcnt = op->count;
-		if (op->kind == OP_MSG) {
-			struct user_msghdr msg;
-			if (bpf_probe_read_user(&msg, sizeof(msg), (void *)op->ptr) == 0) {
-				w.iov = (__u64)msg.msg_iov;
-				w.iovcnt = msg.msg_iovlen;
-			} else {
-				w.iovcnt = 0;
-			}
-		}
-		struct iovec v = {};
-		if (w.iovcnt && bpf_probe_read_user(&v, sizeof(v), (void *)w.iov) == 0) {
-			w.ptr = (__u64)v.iov_base;
-			w.len = v.iov_len < total ? v.iov_len : total;
-			w.covered = w.len;
-		} else {
-			w.failed = 1;
-		}
-	}
-	if (!w.failed)
-		bpf_loop(WALK_MAX_STEPS, walk_step, &w, 0);
-	bool finished = w.done && !w.run_open && w.covered >= total;
-	if (!finished) {
-		/* unreadable memory, too many iovecs or the step bound: the rest is a gap of exact length
-		 * and frame boundaries are unknown until resynchronised */
-		__u64 done = w.base_offset + (w.run_open ? w.run_start : w.pos) - start;
-		count(OKE_CNT_GAP_BYTES, total > done ? total - done : 0);
-		d->synced = 0;
-		d->frame_left = 0;
-		d->size_have = 0;
-		d->gap_flags |= w.failed ? OKE_GAP_USER_COPY : (w.done ? OKE_GAP_IOVEC : OKE_GAP_LOOP);
-	}
-	d->offset = start + total;
+	struct walk_ctx *x = ctx;
+	return walk_one(&x->w, x->c, x->sb) ? 1 : 0;
 }
 
 /* requests travel from client to server */
@@ -664,33 +665,92 @@ static __always_inline __u8 request_dir(struct conn *c)
 	return c->role == OKE_ROLE_SERVER ? OKE_DIR_RECV : OKE_DIR_SEND;
 }
 
+/* Walk the buffers of one syscall that moved `total` bytes; the stream offset always advances
+ * by exactly `total`, whatever the walk managed to copy. */
+static __noinline void process_op(struct conn *c, struct active_op *op, __u32 total, __u64 ts)
+{
+	__u8 dir = op->direction & 1;
+	struct dir_state *d = &c->dir[dir];
+	__u64 start = d->offset;
+	struct ev_scratch *sb = scratch_get();
+	if (!sb) {
+		d->offset = start + total;
+		d->synced = 0;
+		d->frame_left = 0;
+		d->size_have = 0;
+		d->gap_flags |= OKE_GAP_USER_COPY;
+		return;
+	}
+	pending_take(sb, c, dir);
+	struct walk_ctx x = {
+		.c = c, .sb = sb,
+		.w = { .base_offset = start, .start = start, .ts = ts, .total = total,
+		       .direction = dir, .is_request = dir == request_dir(c) },
+	};
+	struct walk *w = &x.w;
+	if (c->lead4) {
+		/* the frame's size field came alone before the connection was classified: from kernel memory */
+		c->lead4 = 0;
+		c->pending4_valid = 0;
+		ev_flush(sb, d);
+		ev_begin(sb, c, d, dir, start - 4, ts, OKE_DATA_FRAME_START);
+		ev_put_small(sb, c->pending4, 4);
+		sb->wire_end = start;
+	}
+	if (op->kind == OP_BUF) {
+		w->ptr = op->ptr;
+		w->len = total;
+		w->covered = total;
+	} else {
+		w->iov = op->ptr;
+		w->iovcnt = op->count;
+		if (op->kind == OP_MSG) {
+			struct user_msghdr msg;
+			if (bpf_probe_read_user(&msg, sizeof(msg), (void *)op->ptr) == 0) {
+				w->iov = (__u64)msg.msg_iov;
+				w->iovcnt = msg.msg_iovlen;
+			} else {
+				w->iovcnt = 0;
+			}
+		}
+		struct iovec v = {};
+		if (w->iovcnt && bpf_probe_read_user(&v, sizeof(v), (void *)w->iov) == 0) {
+			w->ptr = (__u64)v.iov_base;
+			w->len = v.iov_len < total ? v.iov_len : total;
+			w->covered = w->len;
+		} else {
+			w->failed = 1;
+		}
+	}
+	if (!w->failed)
+		bpf_loop(WALK_MAX_STEPS, walk_step, &x, 0);
+	if (!(w->done && w->covered >= total)) {
+		/* unreadable memory, too many iovecs or the step bound: the rest is a gap of exact length
+		 * and frame boundaries are unknown until resynchronised */
+		__u64 walked = w->base_offset + w->pos - start;
+		ev_flush(sb, d);
+		count(OKE_CNT_GAP_BYTES, total > walked ? total - walked : 0);
+		d->synced = 0;
+		d->frame_left = 0;
+		d->size_have = 0;
+		d->layout = LAYOUT_NONE;
+		d->unit = U_NONE;
+		d->gap_flags |= w->failed ? OKE_GAP_USER_COPY : (w->done ? OKE_GAP_IOVEC : OKE_GAP_LOOP);
+	}
+	d->offset = start + total;
+	if (sb->ev.type) {
+		/* a frame under way stays open for the next syscall; anything else goes out now */
+		bool in_frame = d->synced && (d->frame_left || d->size_have);
+		if (!in_frame || !pending_put(sb, c, dir))
+			ev_flush(sb, d);
+	}
+}
+
 /* Responses come in request order: the answer to the request in `p` is a sync point for them. */
 static __always_inline void arm_response_resync(struct conn *c, struct peek *p)
 {
 	c->resync_corr = be32(&p->b[8]);
 	c->resync_armed = 1;
-}
-
-/* The first request's size field, read alone before the connection was classified (a Java broker
- * reads 4 bytes, then the rest): the stream's first 4 bytes, from kernel memory. */
-static __always_inline void emit_lead4(struct conn *c, __u8 dir, __u64 ts)
-{
-	struct dir_state *d = &c->dir[dir & 1];
-	struct oke_data_event *e = bpf_ringbuf_reserve(&events, offsetof(struct oke_data_event, payload) + 4, 0);
-	if (!e) {
-		d->gap_flags |= OKE_GAP_RINGBUF;
-		count(OKE_CNT_RINGBUF_DROPS, 1);
-		count(OKE_CNT_GAP_BYTES, 4);
-		return;
-	}
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	e->len = 4;
-	data_header(e, c, d, dir & 1, ts, d->offset - 4, pid_tgid >> 32, (__u32)pid_tgid, OKE_DATA_FRAME_START);
-	__builtin_memcpy(e->payload, c->pending4, 4);
-	bpf_ringbuf_submit(e, 0);
-	d->gap_flags = 0;
-	count(OKE_CNT_EVENTS, 1);
-	count(OKE_CNT_BYTES, 4);
 }
 
 /* A request whose size field came alone in the previous read: judge the size and this read's
@@ -706,6 +766,7 @@ static __always_inline bool classify_after_lead4(struct conn *c, struct peek *p,
 	d->frame_left = be32(c->pending4);  /* this read continues the frame after its size field */
 	d->frame_copied = 4;
 	d->size_have = 0;
+	begin_frame(d);
 	c->lead4 = 1;
 	return true;
 }
@@ -812,29 +873,30 @@ static __always_inline void try_resync(struct conn *c, struct active_op *op, __u
 	}
 }
 
-static __always_inline void on_enter(int fd, __u64 ptr, __u32 count_arg, __u8 kind, __u8 direction)
+/* The socket of a data syscall that moved `ret` bytes, unless its fd is known not to be Kafka. */
+static __always_inline bool data_op(__u32 tgid, int fd, __u64 ptr, __u32 count_arg, __u8 kind, __u8 direction,
+				    struct active_op *op)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
-	if (!traced(tgid))
-		return;
-	count(OKE_CNT_TRACEPOINT_HITS, 1);
 	__u64 key = fd_key(tgid, fd);
 	if (bpf_map_lookup_elem(&fd_verdicts, &key))
-		return;
+		return false;
+	count(OKE_CNT_TRACEPOINT_HITS, 1);
 	__u64 ino = 0;
 	bool is_socket;
 	struct sock *sk = tcp_sock_of_fd(fd, &ino, &is_socket);
 	if (!sk) {
 		__u8 v = is_socket ? FD_NOT_KAFKA : FD_NOT_SOCKET;
 		bpf_map_update_elem(&fd_verdicts, &key, &v, BPF_ANY);
-		return;
+		return false;
 	}
-	struct active_op op = {
-		.sk = (__u64)sk, .ino = ino, .ptr = ptr, .count = count_arg, .kind = kind,
-		.direction = direction, .fd = fd,
-	};
-	bpf_map_update_elem(&active, &pid_tgid, &op, BPF_ANY);
+	op->sk = (__u64)sk;
+	op->ino = ino;
+	op->ptr = ptr;
+	op->count = count_arg;
+	op->kind = kind;
+	op->direction = direction;
+	op->fd = fd;
+	return true;
 }
 
 /* sendfile() moved n bytes from a file straight to the socket: none were in user memory, so they
@@ -851,6 +913,10 @@ static __always_inline void skip_sendfile(struct conn *c, __u32 n)
 	if (d->synced && d->size_have == 0 && d->frame_left >= n) {
 		d->frame_left -= n;
 		d->frame_copied += n;
+		/* the digest cannot follow bytes it never saw: the rest of the frame is copied */
+		d->layout = LAYOUT_NONE;
+		d->unit = d->frame_left ? U_BODY : U_NONE;
+		d->unit_left = d->frame_left;
 	} else {
 		d->synced = 0;
 		d->frame_left = 0;
@@ -885,9 +951,6 @@ static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op op, lo
 			c->dir[op.direction & 1].offset += ret;  /* bytes before detection: not captured */
 			return;
 		}
-		count(OKE_CNT_CONN_KAFKA, 1);
-		__u8 one = 1;
-		bpf_map_update_elem(&kafka_tgids, &tgid, &one, BPF_ANY);
 	}
 	if (c->verdict != CONN_KAFKA)
 		return;
@@ -898,11 +961,10 @@ static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op op, lo
 			return;
 		}
 		c->open_sent = 1;
-	}
-	if (c->lead4) {
-		emit_lead4(c, op.direction, ts);
-		c->lead4 = 0;
-		c->pending4_valid = 0;
+		__u64 key = fd_key(tgid, op.fd);
+		bpf_map_update_elem(&kafka_fds, &key, &op.sk, BPF_ANY);
+		__u8 one = 1;  /* its exit will end its connections (classified or forced by port) */
+		bpf_map_update_elem(&kafka_tgids, &tgid, &one, BPF_ANY);
 	}
 	count(OKE_CNT_SYSCALLS, 1);
 	if (!c->dir[op.direction & 1].synced && op.kind != OP_MMSG)
@@ -926,13 +988,11 @@ static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op op, lo
 	process_op(c, &op, ret, ts);
 }
 
-/* ---- raw syscall tracepoints: one program for every syscall's entry, one for its exit ---- */
+/* ---- the raw syscall exit tracepoint: one program for every syscall ---- */
 
 /* connect()/accept() tell the role, and that both streams start here */
-static __always_inline void new_conn(int fd, __u8 role)
+static __always_inline void new_conn(__u32 tgid, int fd, __u8 role)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
 	__u64 key = fd_key(tgid, fd);
 	bpf_map_delete_elem(&fd_verdicts, &key);
 	__u64 ino = 0;
@@ -941,36 +1001,34 @@ static __always_inline void new_conn(int fd, __u8 role)
 	if (!sk)
 		return;
 	__u64 sk_ptr = (__u64)sk;
-	bpf_map_delete_elem(&conns, &sk_ptr);  /* a new connection on a reused struct sock */
+	struct conn *old = bpf_map_lookup_elem(&conns, &sk_ptr);
+	if (old) {  /* a new connection on a reused struct sock */
+		pending_flush(old, OKE_DIR_SEND);
+		pending_flush(old, OKE_DIR_RECV);
+		bpf_map_delete_elem(&conns, &sk_ptr);
+	}
 	conn_for(sk_ptr, ino, role, tgid);
 }
 
-static __always_inline void remember(__u64 pid_tgid, int fd, __u8 kind)
+/* fd was closed: its cached verdict no longer holds, and a Kafka connection on it ends. */
+static __always_inline void on_close(__u32 tgid, int fd)
 {
-	struct active_op op = { .kind = kind, .fd = fd };
-	bpf_map_update_elem(&active, &pid_tgid, &op, BPF_ANY);
-}
-
-static __always_inline int on_close(int fd)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
 	__u64 key = fd_key(tgid, fd);
-	__u8 *v = bpf_map_lookup_elem(&fd_verdicts, &key);
-	if (v) {
+	if (bpf_map_lookup_elem(&fd_verdicts, &key)) {
 		bpf_map_delete_elem(&fd_verdicts, &key);
-		return 0;
+		return;
 	}
-	__u64 ino = 0;
-	bool is_socket;
-	struct sock *sk = tcp_sock_of_fd(fd, &ino, &is_socket);
-	if (!sk)
-		return 0;
-	__u64 sk_ptr = (__u64)sk;
+	__u64 *skp = bpf_map_lookup_elem(&kafka_fds, &key);
+	if (!skp)
+		return;
+	__u64 sk_ptr = *skp;
+	bpf_map_delete_elem(&kafka_fds, &key);
 	struct conn *c = bpf_map_lookup_elem(&conns, &sk_ptr);
-	if (!c || c->ino != ino)
-		return 0;
+	if (!c || c->tgid != tgid)
+		return;
 	if (c->verdict == CONN_KAFKA && c->open_sent) {
+		pending_flush(c, OKE_DIR_SEND);
+		pending_flush(c, OKE_DIR_RECV);
 		struct oke_close_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 		if (e) {
 			e->type = OKE_EV_CLOSE;
@@ -979,21 +1037,20 @@ static __always_inline int on_close(int fd)
 			e->ts_ns = bpf_ktime_get_ns();
 			e->send_bytes = c->dir[OKE_DIR_SEND].offset;
 			e->recv_bytes = c->dir[OKE_DIR_RECV].offset;
-			bpf_ringbuf_submit(e, 0);
+			bpf_ringbuf_submit(e, ringbuf_flags());
 			count(OKE_CNT_EVENTS, 1);
 		} else {
 			count(OKE_CNT_RINGBUF_DROPS, 1);
 		}
 	}
 	bpf_map_delete_elem(&conns, &sk_ptr);
-	return 0;
 }
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 {
 	__u8 kind, direction;
-	switch (id) {
+	switch (OKE_SYSCALL_NR(regs)) {
 	case OKE_NR_write:    kind = OP_BUF;  direction = OKE_DIR_SEND; break;
 	case OKE_NR_read:     kind = OP_BUF;  direction = OKE_DIR_RECV; break;
 	case OKE_NR_sendto:   kind = OP_BUF;  direction = OKE_DIR_SEND; break;
@@ -1005,65 +1062,58 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 	case OKE_NR_sendmmsg: kind = OP_MMSG; direction = OKE_DIR_SEND; break;
 	case OKE_NR_recvmmsg: kind = OP_MMSG; direction = OKE_DIR_RECV; break;
 	case OKE_NR_sendfile: kind = OP_SENDFILE; direction = OKE_DIR_SEND; break;
+	case OKE_NR_connect: kind = OP_CONNECT; direction = 0; break;
+	case OKE_NR_accept:
+	case OKE_NR_accept4: kind = OP_ACCEPT; direction = 0; break;
+	case OKE_NR_close:
 	case OKE_NR_dup2:
 	case OKE_NR_dup3: {
-		/* newfd now names another file: a verdict cached for it no longer holds */
-		int oldfd = PT_REGS_PARM1_CORE_SYSCALL(regs), newfd = PT_REGS_PARM2_CORE_SYSCALL(regs);
+		if (ret < 0)
+			return 0;
 		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-		if (oldfd != newfd && traced(tgid)) {
+		if (!traced(tgid))
+			return 0;
+		if (OKE_SYSCALL_NR(regs) == OKE_NR_close) {
+			on_close(tgid, OKE_SYSCALL_ARG1(regs));
+		} else {
+			/* newfd now names another file: a verdict cached for it no longer holds */
+			int newfd = OKE_SYSCALL_ARG2(regs);
 			__u64 key = fd_key(tgid, newfd);
 			bpf_map_delete_elem(&fd_verdicts, &key);
 		}
 		return 0;
 	}
-	case OKE_NR_connect:
-	case OKE_NR_accept:
-	case OKE_NR_accept4:
-	case OKE_NR_close: {
-		__u64 pid_tgid = bpf_get_current_pid_tgid();
-		if (!traced(pid_tgid >> 32))
-			return 0;
-		int fd = PT_REGS_PARM1_CORE_SYSCALL(regs);
-		if (id == OKE_NR_close)
-			return on_close(fd);
-		remember(pid_tgid, fd, id == OKE_NR_connect ? OP_CONNECT : OP_ACCEPT);
-		return 0;
-	}
 	default:
 		return 0;
 	}
-	on_enter(PT_REGS_PARM1_CORE_SYSCALL(regs), PT_REGS_PARM2_CORE_SYSCALL(regs),
-		 kind == OP_MSG ? 0 : PT_REGS_PARM3_CORE_SYSCALL(regs), kind, direction);
+	if (kind == OP_CONNECT ? (ret != 0 && ret != -EINPROGRESS) : ret <= 0)
+		return 0;  /* nothing moved (EAGAIN...), or no connection: costs nothing more */
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (!traced(tgid))
+		return 0;
+	if (kind == OP_CONNECT) {
+		new_conn(tgid, OKE_SYSCALL_ARG1(regs), OKE_ROLE_CLIENT);
+		return 0;
+	}
+	if (kind == OP_ACCEPT) {
+		new_conn(tgid, ret, OKE_ROLE_SERVER);
+		return 0;
+	}
+	struct active_op op = {};
+	if (data_op(tgid, OKE_SYSCALL_ARG1(regs), OKE_SYSCALL_ARG2(regs),
+		    kind == OP_MSG ? 0 : OKE_SYSCALL_ARG3(regs), kind, direction, &op))
+		on_data_exit(pid_tgid, op, ret);
 	return 0;
 }
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
+/* What a process that exits left unfinished of its frames goes out before its exit event (it never
+ * calls close(): the kernel closes its files). */
+static long flush_conn_of(struct bpf_map *map, __u64 *key, struct conn *c, void *ctx)
 {
-	long nr = OKE_SYSCALL_NR(regs);
-	switch (nr) {
-	case OKE_NR_write: case OKE_NR_read: case OKE_NR_sendto: case OKE_NR_recvfrom:
-	case OKE_NR_writev: case OKE_NR_readv: case OKE_NR_sendmsg: case OKE_NR_recvmsg:
-	case OKE_NR_sendmmsg: case OKE_NR_recvmmsg: case OKE_NR_connect: case OKE_NR_accept:
-	case OKE_NR_accept4: case OKE_NR_sendfile:
-		break;
-	default:
-		return 0;
-	}
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct active_op *opp = bpf_map_lookup_elem(&active, &pid_tgid);
-	if (!opp)
-		return 0;
-	struct active_op op = *opp;
-	bpf_map_delete_elem(&active, &pid_tgid);
-	if (op.kind == OP_CONNECT) {
-		if (ret == 0 || ret == -EINPROGRESS)
-			new_conn(op.fd, OKE_ROLE_CLIENT);
-	} else if (op.kind == OP_ACCEPT) {
-		if (ret >= 0)
-			new_conn(ret, OKE_ROLE_SERVER);
-	} else {
-		on_data_exit(pid_tgid, op, ret);
+	if (c->tgid == *(__u32 *)ctx && c->verdict == CONN_KAFKA && c->open_sent) {
+		pending_flush(c, OKE_DIR_SEND);
+		pending_flush(c, OKE_DIR_RECV);
 	}
 	return 0;
 }
@@ -1078,6 +1128,7 @@ int BPF_PROG(process_exit, struct task_struct *task)
 	if (!bpf_map_lookup_elem(&kafka_tgids, &tgid))
 		return 0;
 	bpf_map_delete_elem(&kafka_tgids, &tgid);
+	bpf_for_each_map_elem(&conns, flush_conn_of, &tgid, 0);
 	struct oke_exit_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(OKE_CNT_RINGBUF_DROPS, 1);
@@ -1086,7 +1137,7 @@ int BPF_PROG(process_exit, struct task_struct *task)
 	e->type = OKE_EV_EXIT;
 	e->pid = tgid;
 	e->ts_ns = bpf_ktime_get_ns();
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, ringbuf_flags());
 	count(OKE_CNT_EVENTS, 1);
 	return 0;
 }

@@ -1,16 +1,21 @@
 /* SPDX-License-Identifier: Apache-2.0
- * Events and settings shared by capture.bpf.c and otel_kafka_ebpf/capture/events.py.
+ * Events, settings and digest layouts shared by capture.bpf.c and otel_kafka_ebpf/capture/events.py.
  * Every struct is naturally aligned with explicit padding (tests/unit/test_event_layout.py
  * checks the Python mirror against the sizes and offsets in the compiled object's BTF). */
 #ifndef OKE_CAPTURE_H
 #define OKE_CAPTURE_H
 
-#define OKE_CHUNK_SIZE      16384   /* payload bytes in one data event (power of two) */
+#define OKE_CHUNK_SIZE      16384   /* payload bytes in one data event at most (power of two) */
+#define OKE_MAX_SKIPS       64      /* skipped ranges in one data event at most */
 #define OKE_COMM_LEN        16
 #define OKE_MAX_KAFKA_PORTS 8
 #define OKE_MAX_IOV         1024    /* iovecs walked per syscall (UIO_MAXIOV); the rest become a gap */
 #define OKE_MAX_MMSG        4       /* messages walked per recvmmsg/sendmmsg */
 #define OKE_DETECT_ATTEMPTS 16      /* syscalls tried before a mid-stream connection is judged not Kafka */
+#define OKE_LAYOUT_OPS      64      /* ops in one digest layout (power of two) */
+#define OKE_MAX_LAYOUTS     64      /* digest layouts loaded at most */
+#define OKE_MAX_DEPTH       4       /* nested arrays a layout may open */
+#define OKE_INFLIGHT        8       /* requests remembered per connection whose responses have a layout */
 
 enum oke_event_type {
 	OKE_EV_OPEN  = 1,
@@ -45,15 +50,27 @@ enum oke_data_flag {
 	OKE_DATA_FRAME_START = 1 << 0,  /* payload[0] is the first byte of a frame's size field */
 };
 
+/* Why the ranges an event skips were not copied: on purpose, never a loss. */
+enum oke_skip_reason {
+	OKE_SKIP_RECORDS = 1,  /* the records after a record batch's header (digest) */
+	OKE_SKIP_SASL    = 2,  /* SaslHandshake/SaslAuthenticate bodies: credentials never leave the kernel */
+};
+
+enum oke_capture_mode {
+	OKE_MODE_DIGEST = 0,
+	OKE_MODE_FULL   = 1,
+};
+
 enum oke_counter {
 	OKE_CNT_SYSCALLS = 0,       /* socket syscalls seen on Kafka connections */
 	OKE_CNT_EVENTS,             /* events written to the ring buffer */
 	OKE_CNT_BYTES,              /* payload bytes written */
 	OKE_CNT_RINGBUF_DROPS,      /* events the ring buffer had no room for */
-	OKE_CNT_GAP_BYTES,          /* bytes not copied, any reason */
-	OKE_CNT_CONN_KAFKA,         /* connections classified Kafka */
+	OKE_CNT_GAP_BYTES,          /* bytes not copied and lost (budget, ring full, ...) */
+	OKE_CNT_CONN_KAFKA,         /* connections classified (or forced by port) Kafka */
 	OKE_CNT_CONN_OTHER,         /* TCP connections classified not Kafka */
-	OKE_CNT_TRACEPOINT_HITS,    /* all syscall tracepoint hits that passed the filters */
+	OKE_CNT_TRACEPOINT_HITS,    /* socket syscalls of traced processes looked at */
+	OKE_CNT_SKIPPED_BYTES,      /* bytes not copied on purpose (record payloads, SASL) */
 	OKE_CNT_MAX,
 };
 
@@ -75,19 +92,30 @@ struct oke_open_event {
 	char  comm[OKE_COMM_LEN];
 };
 
+/* A piece of one direction's stream: this header, then `len` copied bytes, then `n_skips` oke_skip
+ * entries. It covers the stream from `offset` on, len + the skipped lengths bytes, and lies within
+ * one Kafka frame (or within one syscall's bytes where frame boundaries are unknown). */
 struct oke_data_event {
 	__u32 type;
 	__u32 len;          /* payload bytes that follow */
 	__u64 conn_id;
-	__u64 ts_ns;
-	__u64 offset;       /* stream position of payload[0] */
+	__u64 ts_ns;        /* time of the first syscall whose bytes the event covers */
+	__u64 offset;       /* stream position of the first byte covered */
 	__u32 pid;
 	__u32 tid;
 	__u8  direction;
 	__u8  gap_flags;    /* reasons for any bytes missing before offset */
 	__u16 flags;        /* OKE_DATA_* */
-	__u32 pad1;
-	__u8  payload[OKE_CHUNK_SIZE];
+	__u16 n_skips;      /* oke_skip entries after the payload */
+	__u8  skip_reason;  /* OKE_SKIP_*: why the skipped ranges were not copied */
+	__u8  pad0;
+	__u64 last_ts_ns;   /* time of the last syscall whose bytes the event covers */
+};
+
+/* `len` stream bytes that were not copied, between payload[at - 1] and payload[at]. */
+struct oke_skip {
+	__u32 at;
+	__u32 len;
 };
 
 struct oke_close_event {
@@ -107,7 +135,7 @@ struct oke_exit_event {
 
 /* Settings, written into .rodata before load. */
 struct oke_config {
-	__u32 frame_budget;          /* bytes copied per frame, including its 4-byte size */
+	__u32 frame_budget;          /* bytes copied per frame that has no digest layout */
 	__u32 filter_pids;           /* 1: only tgids in the pid_filter map */
 	__u64 cgroup_id;             /* 0: any; else only this cgroup (v2) and its descendants */
 	__u32 cgroup_level;          /* ancestor level of cgroup_id */
@@ -115,6 +143,36 @@ struct oke_config {
 	__u16 kafka_ports[OKE_MAX_KAFKA_PORTS];  /* connections on these ports are Kafka without detection */
 	__u32 self_tgid;             /* the agent itself, never traced */
 	__u32 server_side;           /* 1: also capture connections the process accept()ed (brokers) */
+	__u32 capture_mode;          /* OKE_MODE_*: which layouts user space loaded (informative) */
+	__u32 record_prefix;         /* record bytes copied after the header of an uncompressed batch */
+	__u32 wakeup_bytes;          /* wake the reader only once this much data waits (0: every event) */
+	__u32 pad0;
 };
+
+/* ---- digest layouts: what the walker copies and skips of a frame body, one op after another ---- */
+
+enum oke_op {
+	OKE_OP_STOP = 0,     /* end of the layout: the rest of the frame (normally none) is copied */
+	OKE_OP_COPY,         /* `arg` bytes */
+	OKE_OP_STR16,        /* int16 length, then that many bytes (negative: none) */
+	OKE_OP_CSTR,         /* unsigned varint length + 1, then the bytes (0: null) */
+	OKE_OP_TAGS,         /* tagged fields: a count, then (tag, size, size bytes) each */
+	OKE_OP_ARRAY,        /* int32 count, then the `arg` ops that follow that many times, then OKE_OP_END */
+	OKE_OP_CARRAY,       /* unsigned varint count + 1; otherwise as OKE_OP_ARRAY */
+	OKE_OP_END,          /* end of an array body */
+	OKE_OP_RECORDS,      /* int32 length, then record batches: headers copied, records skipped */
+	OKE_OP_CRECORDS,     /* unsigned varint length + 1, then record batches */
+	OKE_OP_SKIP_REST,    /* the rest of the frame is skipped (SASL) */
+};
+
+struct oke_layout {
+	__u8 op[OKE_LAYOUT_OPS];
+	__u8 arg[OKE_LAYOUT_OPS];
+};
+
+/* Index of the layout_of map: which layout (0: none, copy the frame) a frame body follows. */
+#define OKE_LAYOUT_KEY(is_response, api_key, version) \
+	((((__u32)(is_response) & 1) << 13) | (((__u32)(api_key) & 127) << 6) | ((__u32)(version) & 63))
+#define OKE_LAYOUT_KEYS (1 << 14)
 
 #endif

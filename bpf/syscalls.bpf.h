@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0
- * Syscall numbers and the syscall number of a pt_regs, per architecture: the raw syscall
- * tracepoints (tp_btf/sys_enter, sys_exit) fire for every syscall and carry only the number. */
+ * Syscall numbers, and a syscall's number and arguments from its pt_regs at its exit, per
+ * architecture: the raw syscall exit tracepoint (tp_btf/sys_exit) fires for every syscall and
+ * carries only the pt_regs and the return value. At exit the argument registers still hold the
+ * arguments (arm64's first one is in orig_x0, x0 holding the return value). */
 #ifndef OKE_SYSCALLS_BPF_H
 #define OKE_SYSCALLS_BPF_H
 
@@ -22,7 +24,7 @@
 #define OKE_NR_accept4   288
 #define OKE_NR_recvmmsg  299
 #define OKE_NR_sendmmsg  307
-#define OKE_SYSCALL_NR(regs) BPF_CORE_READ((regs), orig_ax)
+#define OKE_SYSCALL_NR(regs) ((regs)->orig_ax)  /* a direct load through the BTF pointer */
 #elif defined(__TARGET_ARCH_arm64)
 /* asm-generic/unistd.h */
 #define OKE_NR_dup3      24
@@ -42,9 +44,13 @@
 #define OKE_NR_recvmmsg  243
 #define OKE_NR_sendmmsg  269
 #define OKE_NR_dup2      (-1)  /* none: dup2 is dup3 on arm64 */
-#define OKE_SYSCALL_NR(regs) BPF_CORE_READ((regs), syscallno)
+#define OKE_SYSCALL_NR(regs) ((regs)->syscallno)
 #else
 #error "unsupported architecture: add its syscall numbers to bpf/syscalls.bpf.h"
 #endif
+
+#define OKE_SYSCALL_ARG1(regs) PT_REGS_PARM1_SYSCALL(regs)
+#define OKE_SYSCALL_ARG2(regs) PT_REGS_PARM2_SYSCALL(regs)
+#define OKE_SYSCALL_ARG3(regs) PT_REGS_PARM3_SYSCALL(regs)
 
 #endif

@@ -34,8 +34,14 @@ def _add_capture_arguments(p: argparse.ArgumentParser) -> None:
                    help="capture only connections on --kafka-port ports")
     g.add_argument("--server-side", action="store_true", default=None,
                    help="also capture the broker side of connections (processes that accept())")
-    g.add_argument("--frame-budget", type=int, help="bytes copied per Kafka frame (default 1 MiB)")
-    g.add_argument("--ringbuf-mb", type=int, help="ring buffer size in MiB (default 64)")
+    g.add_argument("--capture", dest="capture_mode", choices=("digest", "full"),
+                   help="digest (default): record batch headers, records stay in the kernel; "
+                        "full: whole frames under --frame-budget")
+    g.add_argument("--record-prefix", type=int, metavar="BYTES",
+                   help="digest: also copy this many record bytes after each uncompressed batch header "
+                        "(record headers such as traceparent; message contents too) - default 0")
+    g.add_argument("--frame-budget", type=int, help="bytes copied per Kafka frame without a digest (default 1 MiB)")
+    g.add_argument("--ringbuf-mb", type=int, help="ring buffer size in MiB (default 16 digest, 64 full)")
     g.add_argument("--duration", type=float, help="stop after this many seconds")
 
 
@@ -59,7 +65,8 @@ def _load(args: argparse.Namespace):
         "capture": {"pids": getattr(args, "capture_pids", None), "cgroup": getattr(args, "cgroup", None),
                     "kafka_ports": getattr(args, "kafka_ports", None), "ports_only": getattr(args, "ports_only", None),
                     "server_side": getattr(args, "server_side", None),
-                    "frame_budget": getattr(args, "frame_budget", None), "ringbuf_mb": getattr(args, "ringbuf_mb", None)},
+                    "frame_budget": getattr(args, "frame_budget", None), "ringbuf_mb": getattr(args, "ringbuf_mb", None),
+                    "mode": getattr(args, "capture_mode", None), "record_prefix": getattr(args, "record_prefix", None)},
         "exporter": {"type": getattr(args, "exporter", None), "endpoint": getattr(args, "endpoint", None),
                      "file_path": getattr(args, "file_path", None)},
         "agent": {"broker_traffic": getattr(args, "broker_traffic", None),
@@ -72,9 +79,10 @@ def _capture_settings(cfg):
     from .capture.loader import CaptureSettings
 
     c = cfg.capture
-    return CaptureSettings(frame_budget=c.frame_budget, ringbuf_bytes=c.ringbuf_mb << 20,
+    return CaptureSettings(frame_budget=c.frame_budget, ringbuf_bytes=(c.ringbuf_mb or 0) << 20,
                            pids=set(c.pids), cgroup_path=c.cgroup, kafka_ports=tuple(c.kafka_ports),
-                           ports_only=c.ports_only, server_side=c.server_side)
+                           ports_only=c.ports_only, server_side=c.server_side, mode=c.mode,
+                           record_prefix=c.record_prefix)
 
 
 def _preflight() -> str | None:
@@ -128,7 +136,8 @@ def _report_counters(live, out=sys.stderr) -> None:
         return
     print(f"otel-kafka-ebpf: captured {c.get('bytes', 0)} bytes in {c.get('events', 0)} events on "
           f"{c.get('conn_kafka', 0)} Kafka connections; lost {c.get('ringbuf_drops', 0)} events to a full ring "
-          f"buffer; {s.gaps} gaps ({s.gap_bytes} bytes not captured)"
+          f"buffer; {s.gaps} gaps ({s.gap_bytes} bytes not captured); {c.get('skipped_bytes', 0)} bytes left in the "
+          f"kernel on purpose (record payloads, SASL)"
           + (f"; {c['undecoded_at_stop']} events queued at stop not decoded" if c.get("undecoded_at_stop") else ""),
           file=out)
 

@@ -29,7 +29,11 @@ class _Table(BaseModel):
 
 class CaptureConfig(_Table):
     frame_budget: int = Field(1 << 20, ge=64, le=1 << 30, description="bytes copied per Kafka frame")
-    ringbuf_mb: int = Field(64, ge=1, le=4096, description="ring buffer size in MiB")
+    ringbuf_mb: int | None = Field(None, ge=1, le=4096, description="ring buffer size in MiB (16 digest, 64 full)")
+    mode: Literal["digest", "full"] = Field("digest", description="digest: record batch headers only; "
+                                               "full: whole frames under frame_budget (the oracle)")
+    record_prefix: int = Field(0, ge=0, le=1 << 20, description="digest: record bytes copied after the header "
+                               "of each uncompressed batch (traceparent links); 0: none")
     pids: list[int] = Field(default_factory=list, description="only these processes")
     cgroup: str | None = Field(None, description="only this cgroup v2 directory (sidecar mode)")
     kafka_ports: list[int] = Field(default_factory=list, description="ports always treated as Kafka")

@@ -6,8 +6,12 @@ import ctypes
 from ctypes import c_char, c_uint8, c_uint16, c_uint32, c_uint64
 
 CHUNK_SIZE = 16384
+MAX_SKIPS = 64
 COMM_LEN = 16
 MAX_KAFKA_PORTS = 8
+LAYOUT_OPS = 64
+MAX_LAYOUTS = 64
+MAX_DEPTH = 4
 
 EV_OPEN, EV_DATA, EV_CLOSE, EV_EXIT = 1, 2, 3, 4
 
@@ -21,8 +25,13 @@ GAP_SENDFILE = 1 << 6
 
 DATA_FRAME_START = 1 << 0
 
+SKIP_RECORDS = 1
+SKIP_SASL = 2
+
+MODE_DIGEST, MODE_FULL = 0, 1
+
 COUNTERS = ("syscalls", "events", "bytes", "ringbuf_drops", "gap_bytes", "conn_kafka", "conn_other",
-            "tracepoint_hits")
+            "tracepoint_hits", "skipped_bytes")
 
 
 class OpenEvent(ctypes.Structure):
@@ -46,7 +55,7 @@ class OpenEvent(ctypes.Structure):
 
 
 class DataEventHeader(ctypes.Structure):
-    """struct oke_data_event without its payload (which follows, `len` bytes)."""
+    """struct oke_data_event: followed by `len` payload bytes, then `n_skips` Skip entries."""
 
     _fields_ = [
         ("type", c_uint32),
@@ -59,7 +68,19 @@ class DataEventHeader(ctypes.Structure):
         ("direction", c_uint8),
         ("gap_flags", c_uint8),
         ("flags", c_uint16),
-        ("pad1", c_uint32),
+        ("n_skips", c_uint16),
+        ("skip_reason", c_uint8),
+        ("pad0", c_uint8),
+        ("last_ts_ns", c_uint64),
+    ]
+
+
+class Skip(ctypes.Structure):
+    """struct oke_skip: `len` stream bytes not copied, before payload[at]."""
+
+    _fields_ = [
+        ("at", c_uint32),
+        ("len", c_uint32),
     ]
 
 
@@ -92,14 +113,34 @@ class Config(ctypes.Structure):
         ("kafka_ports", c_uint16 * MAX_KAFKA_PORTS),
         ("self_tgid", c_uint32),
         ("server_side", c_uint32),
+        ("capture_mode", c_uint32),
+        ("record_prefix", c_uint32),
+        ("wakeup_bytes", c_uint32),
+        ("pad0", c_uint32),
     ]
+
+
+class Layout(ctypes.Structure):
+    """struct oke_layout: the ops of one digest layout (otel_kafka_ebpf/capture/layouts.py)."""
+
+    _fields_ = [
+        ("op", c_uint8 * LAYOUT_OPS),
+        ("arg", c_uint8 * LAYOUT_OPS),
+    ]
+
+
+def layout_key(is_response: bool, api_key: int, version: int) -> int:
+    """OKE_LAYOUT_KEY: the index of the layout_of map."""
+    return (int(is_response) & 1) << 13 | (api_key & 127) << 6 | (version & 63)
 
 
 # C struct name -> mirror, for the layout test
 MIRRORS = {
     "oke_open_event": OpenEvent,
+    "oke_data_event": DataEventHeader,
+    "oke_skip": Skip,
     "oke_close_event": CloseEvent,
     "oke_exit_event": ExitEvent,
     "oke_config": Config,
+    "oke_layout": Layout,
 }
-DATA_EVENT_SIZE = ctypes.sizeof(DataEventHeader) + CHUNK_SIZE

@@ -41,7 +41,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.vsnprintf.argtypes = [ctypes.c_char_p, c_size_t, c_char_p, c_void_p]
 
 PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)  # (level, fmt, va_list)
-SAMPLE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)  # ring_buffer sample callback
 
 
 @PRINT_FN
@@ -103,10 +102,6 @@ _SIGNATURES = {
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, ctypes.c_uint64], None),
     "bpf_map_delete_elem": (c_int, [c_int, c_void_p], None),
     "bpf_map_get_next_key": (c_int, [c_int, c_void_p, c_void_p], None),
-    "ring_buffer__new": (c_void_p, [c_int, SAMPLE_FN, c_void_p, c_void_p], _check_ptr),
-    "ring_buffer__poll": (c_int, [c_void_p, c_int], None),
-    "ring_buffer__consume": (c_int, [c_void_p], None),
-    "ring_buffer__free": (None, [c_void_p], None),
 }
 
 

@@ -50,13 +50,15 @@ class LiveCapture:
         exited: list[int] = []
 
         def on_event(raw) -> None:
-            out = self.assembler.feed(raw)
-            pending.extend(out)
+            pending.extend(self.assembler.feed(raw))
             if isinstance(raw, ExitEvent):  # release the process's kernel state too
                 exited.append(raw.pid)
 
         deadline = time.monotonic() + self.duration_s if self.duration_s else None
-        with CaptureProgram(self.settings, on_event) as prog:
+        def on_data_record(raw: bytes) -> None:
+            pending.extend(self.assembler.feed_data_record(raw))
+
+        with CaptureProgram(self.settings, on_event, on_data_record) as prog:
             self.program = prog
             if self.on_ready:
                 self.on_ready()

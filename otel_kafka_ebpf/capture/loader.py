@@ -7,21 +7,24 @@ of them in `close()`, which runs on normal exit, on Ctrl-C and on exceptions (co
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
 from . import events as ev
-from .libbpf import SAMPLE_FN, LibbpfError, lib, map_delete, map_keys, map_lookup, map_update
+from .layouts import layouts_for
+from .libbpf import LibbpfError, lib, map_delete, map_keys, map_lookup, map_update
+from .ringbuf import RingBuffer
 
 OBJ_DIR = os.path.join(os.path.dirname(__file__), "obj")
 
-DEFAULT_FRAME_BUDGET = 1 << 20  # 1 MiB: whole ordinary Produce and Fetch frames
-DEFAULT_RINGBUF_BYTES = 64 << 20
+MODES = ("digest", "full")
+DEFAULT_FRAME_BUDGET = 1 << 20  # 1 MiB: whole ordinary frames (and, with --capture full, Produce and Fetch)
+DEFAULT_RINGBUF_BYTES = {"digest": 16 << 20, "full": 64 << 20}
+DEFAULT_WAKEUP_BYTES = 256 << 10  # the reader is woken once this much waits (else at its poll interval)
 
-DATA_HEADER = struct.Struct("<IIQQQIIBBHI")
+DATA_HEADER = struct.Struct("<IIQQQIIBBHHBBQ")
 assert DATA_HEADER.size == ctypes.sizeof(ev.DataEventHeader)
 
 
@@ -32,12 +35,15 @@ def object_path(name: str) -> str:
 @dataclass
 class CaptureSettings:
     frame_budget: int = DEFAULT_FRAME_BUDGET
-    ringbuf_bytes: int = DEFAULT_RINGBUF_BYTES
+    ringbuf_bytes: int | None = None  # None: DEFAULT_RINGBUF_BYTES of the mode
     pids: set[int] = field(default_factory=set)
     cgroup_path: str | None = None  # cgroup v2 directory (sidecar mode)
     kafka_ports: tuple[int, ...] = ()
     ports_only: bool = False
     server_side: bool = False  # also capture connections a process accepted (a broker's side)
+    mode: str = "digest"  # digest: record batch headers, not records; full: frames under the budget
+    record_prefix: int = 0  # digest: record bytes copied after each uncompressed batch's header
+    wakeup_bytes: int | None = None  # None: DEFAULT_WAKEUP_BYTES, at most a quarter of the ring buffer
 
 
 class CaptureError(Exception):
@@ -48,7 +54,7 @@ class CaptureError(Exception):
 @dataclass(slots=True)
 class RawData:
     conn_id: int
-    ts_mono: int
+    ts_mono: int  # the first syscall whose bytes the event covers
     offset: int
     pid: int
     tid: int
@@ -56,6 +62,9 @@ class RawData:
     gap_flags: int
     payload: bytes
     flags: int = 0
+    last_ts_mono: int | None = None  # the last syscall's (None: ts_mono)
+    skips: tuple[tuple[int, int], ...] = ()  # (position in payload, stream bytes skipped there)
+    skip_reason: int = 0
 
 
 def cgroup2_root() -> str | None:
@@ -117,8 +126,20 @@ def listening_ports() -> set[tuple[int, int]]:
     return out
 
 
+def parse_data_event(raw: bytes) -> RawData:
+    """struct oke_data_event, its payload and its skip table."""
+    (_, n, conn_id, ts, offset, pid, tid, direction, gap_flags, flags, n_skips, skip_reason, _,
+     last_ts) = DATA_HEADER.unpack_from(raw)
+    start = DATA_HEADER.size
+    skips = ()
+    if n_skips:
+        table = struct.unpack_from(f"<{2 * n_skips}I", raw, start + n)
+        skips = tuple(zip(table[::2], table[1::2]))
+    return RawData(conn_id, ts, offset, pid, tid, direction, gap_flags, raw[start:start + n], flags, last_ts,
+                   skips, skip_reason)
+
+
 POLL_BATCH = 1024  # events handed over per poll() at most
-_BATCH_FULL = -errno.ECANCELED  # what the callback returns to end a batch (libbpf stops and returns it)
 
 
 def _ringbuf_size(n: int) -> int:
@@ -129,15 +150,19 @@ def _ringbuf_size(n: int) -> int:
 
 
 class CaptureProgram:
-    def __init__(self, settings: CaptureSettings, on_event: Callable[[object], None]):
+    """`on_event` gets each event parsed (RawData, OpenEvent, CloseEvent, ExitEvent); with
+    `on_data_record`, data events go there as the ring's raw bytes instead (parsed by the consumer,
+    which saves building a RawData per event on the hot path)."""
+
+    def __init__(self, settings: CaptureSettings, on_event: Callable[[object], None],
+                 on_data_record: Callable[[bytes], None] | None = None):
         self.settings = settings
         self._on_event = on_event
+        self._on_data_record = on_data_record
         self._obj = None
         self._links: list[int] = []
-        self._rb = None
-        self._cb = SAMPLE_FN(self._sample)  # kept referenced for the ring buffer's lifetime
+        self._rb: RingBuffer | None = None
         self.callback_errors = 0
-        self._batch = 0
         self._maps: dict[str, int] = {}
         self._ncpus = 0
 
@@ -154,18 +179,24 @@ class CaptureProgram:
         except LibbpfError as exc:
             self.close()
             raise CaptureError(f"loading the BPF program failed: {exc}") from None
-        for name in ("events", "counters", "conns", "pid_filter", "fd_verdicts", "listen_ports"):
+        for name in ("events", "counters", "conns", "pid_filter", "fd_verdicts", "listen_ports", "layouts",
+                     "layout_of", "pending"):
             self._maps[name] = L.bpf_map__fd(L.bpf_object__find_map_by_name(self._obj, name.encode()))
         self._ncpus = L.libbpf_num_possible_cpus()
         for pid in self.settings.pids:
             self.add_pid(pid)
         self._load_listeners()
+        self._load_layouts()
         try:
             self._attach_all()
-            self._rb = L.ring_buffer__new(self._maps["events"], self._cb, None, None)
         except LibbpfError as exc:
             self.close()
             raise CaptureError(f"attaching the BPF programs failed: {exc}") from None
+        try:
+            self._rb = RingBuffer(self._maps["events"], _ringbuf_size(self.ringbuf_bytes))
+        except OSError as exc:
+            self.close()
+            raise CaptureError(f"mapping the ring buffer failed: {exc.strerror}") from None
         return self
 
     def _configure(self) -> None:
@@ -183,6 +214,13 @@ class CaptureProgram:
         cfg.ports_only = 1 if s.ports_only else 0
         cfg.self_tgid = os.getpid()
         cfg.server_side = 1 if s.server_side else 0
+        if s.mode not in MODES:
+            raise CaptureError(f"capture mode {s.mode!r}: expected one of {', '.join(MODES)}")
+        cfg.capture_mode = ev.MODE_DIGEST if s.mode == "digest" else ev.MODE_FULL
+        cfg.record_prefix = max(0, int(s.record_prefix)) if s.mode == "digest" else 0
+        ring = _ringbuf_size(self.ringbuf_bytes)
+        wakeup = min(DEFAULT_WAKEUP_BYTES, ring // 4) if s.wakeup_bytes is None else int(s.wakeup_bytes)
+        cfg.wakeup_bytes = min(max(0, wakeup), ring)  # a whole ring: never woken, read at each poll
         rodata = self._find_map(".rodata")
         size = ctypes.c_size_t()
         L.bpf_map__initial_value(rodata, ctypes.byref(size))
@@ -192,7 +230,29 @@ class CaptureProgram:
         ctypes.memmove(buf, ctypes.byref(cfg), ctypes.sizeof(cfg))
         L.bpf_map__set_initial_value(rodata, buf, size.value)
         events = L.bpf_object__find_map_by_name(self._obj, b"events")
-        L.bpf_map__set_max_entries(events, _ringbuf_size(s.ringbuf_bytes))
+        L.bpf_map__set_max_entries(events, _ringbuf_size(self.ringbuf_bytes))
+        scratch = L.bpf_object__find_map_by_name(self._obj, b"scratch")
+        L.bpf_map__set_max_entries(scratch, L.libbpf_num_possible_cpus())
+
+    @property
+    def ringbuf_bytes(self) -> int:
+        s = self.settings
+        return s.ringbuf_bytes if s.ringbuf_bytes else DEFAULT_RINGBUF_BYTES.get(s.mode, DEFAULT_RINGBUF_BYTES["digest"])
+
+    def _load_layouts(self) -> None:
+        """The digest layouts of the mode (SASL bodies are skipped in every mode)."""
+        table = layouts_for(self.settings.mode)
+        if len(table) >= ev.MAX_LAYOUTS:
+            raise CaptureError(f"{len(table)} digest layouts, the kernel side holds {ev.MAX_LAYOUTS - 1}")
+        fd_layouts, fd_of = self._maps["layouts"], self._maps["layout_of"]
+        for layout_id, (key, ops) in enumerate(sorted(table.items()), start=1):
+            if len(ops) > ev.LAYOUT_OPS:
+                raise CaptureError(f"digest layout {key} has {len(ops)} ops, at most {ev.LAYOUT_OPS}")
+            value = ev.Layout()
+            for i, (op, arg) in enumerate(ops):
+                value.op[i], value.arg[i] = op, arg
+            map_update(fd_layouts, ctypes.c_uint32(layout_id), value)
+            map_update(fd_of, ctypes.c_uint32(ev.layout_key(*key)), ctypes.c_uint8(layout_id))
 
     def _find_map(self, suffix: str):
         L = lib()
@@ -213,7 +273,7 @@ class CaptureProgram:
     def close(self) -> None:
         L = lib()
         if self._rb:
-            L.ring_buffer__free(self._rb)
+            self._rb.close()
             self._rb = None
         while self._links:
             L.bpf_link__destroy(self._links.pop())
@@ -233,40 +293,35 @@ class CaptureProgram:
 
     # -- reading -----------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 100) -> int:
-        """Deliver up to `POLL_BATCH` pending events to on_event; returns how many.
-
-        libbpf keeps consuming for as long as the kernel keeps producing, so under sustained load a
-        plain ring_buffer__poll never returns; the callback ends the batch by returning _BATCH_FULL.
-        Raises on a ring buffer error.
-        """
-        self._batch = 0
-        n = lib().ring_buffer__poll(self._rb, timeout_ms)
-        if n < 0 and n not in (-errno.EINTR, _BATCH_FULL):  # EINTR is a normal wake-up (signal)
-            raise LibbpfError("ring_buffer__poll", -n)
-        return self._batch
-
-    def _sample(self, _ctx, data, size) -> int:
-        self._batch += 1
-        try:
-            raw = ctypes.string_at(data, size)
-            etype = int.from_bytes(raw[:4], "little")
-            if etype == ev.EV_DATA:
-                (_, n, conn_id, ts, offset, pid, tid, direction, gap_flags, flags, _) = DATA_HEADER.unpack_from(raw)
-                event = RawData(conn_id, ts, offset, pid, tid, direction, gap_flags,
-                                raw[DATA_HEADER.size:DATA_HEADER.size + n], flags)
-            elif etype == ev.EV_OPEN:
-                event = ev.OpenEvent.from_buffer_copy(raw)
-            elif etype == ev.EV_CLOSE:
-                event = ev.CloseEvent.from_buffer_copy(raw)
-            elif etype == ev.EV_EXIT:
-                event = ev.ExitEvent.from_buffer_copy(raw)
-            else:
+        """Deliver up to `POLL_BATCH` pending events to on_event, waiting up to `timeout_ms` for the
+        first; returns how many. The ring is read through its mapped pages, a batch at a time; the
+        kernel wakes the reader only once enough waits, so a quiet ring costs one wake-up per timeout."""
+        rb = self._rb
+        rb.wait(timeout_ms)
+        records = rb.read(POLL_BATCH)
+        on_event = self._on_event
+        on_data = self._on_data_record
+        for raw in records:
+            try:
+                etype = raw[0]  # the type tag is first (little-endian u32 below 256)
+                if etype == ev.EV_DATA:
+                    if on_data is not None:
+                        on_data(raw)
+                        continue
+                    event = parse_data_event(raw)
+                elif etype == ev.EV_OPEN:
+                    event = ev.OpenEvent.from_buffer_copy(raw)
+                elif etype == ev.EV_CLOSE:
+                    event = ev.CloseEvent.from_buffer_copy(raw)
+                elif etype == ev.EV_EXIT:
+                    event = ev.ExitEvent.from_buffer_copy(raw)
+                else:
+                    self.callback_errors += 1
+                    continue
+                on_event(event)
+            except Exception:  # a bad record costs that record only
                 self.callback_errors += 1
-                return 0
-            self._on_event(event)
-        except Exception:  # never let an exception unwind through libbpf's C frames
-            self.callback_errors += 1
-        return _BATCH_FULL if self._batch >= POLL_BATCH else 0
+        return len(records)
 
     # -- maps --------------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
@@ -278,6 +333,9 @@ class CaptureProgram:
             key = ctypes.c_uint32(idx)
             map_lookup(fd, key, values)
             out[name] = sum(values)
+        if self._rb is not None:
+            out["ring_bytes_read"] = self._rb.bytes_read
+            out["reader_wakeups"] = self._rb.wakeups
         return out
 
     def add_pid(self, pid: int) -> None:
@@ -290,12 +348,22 @@ class CaptureProgram:
         for netns, port in listening_ports():
             map_update(fd, ctypes.c_uint64(netns << 16 | port), ctypes.c_uint8(1))
 
+    def _conns_of(self, pid: int) -> list[tuple[ctypes.c_uint64, int]]:
+        """(conns map key, conn_id) of the process's connections."""
+        out = []
+        conns = self._maps["conns"]
+        value = (ctypes.c_uint8 * 512)()  # struct conn: conn_id (offset 0) and tgid (offset 24) are read
+        for key in list(map_keys(conns, ctypes.c_uint64)):
+            if map_lookup(conns, key, value) and int.from_bytes(bytes(value[24:28]), "little") == pid:
+                out.append((key, int.from_bytes(bytes(value[0:8]), "little")))
+        return out
+
     def forget_process(self, pid: int) -> int:
         """Drop kernel state of an exited process's connections; returns entries removed."""
         removed = 0
-        conns = self._maps["conns"]
-        value = (ctypes.c_uint8 * 128)()  # struct conn, of which only tgid (offset 24) is read
-        for key in list(map_keys(conns, ctypes.c_uint64)):
-            if map_lookup(conns, key, value) and int.from_bytes(bytes(value[24:28]), "little") == pid:
-                removed += map_delete(conns, key)
+        conns, pending = self._maps["conns"], self._maps["pending"]
+        for key, conn_id in self._conns_of(pid):
+            for direction in (0, 1):
+                map_delete(pending, ctypes.c_uint64(conn_id << 1 | direction))
+            removed += map_delete(conns, key)
         return removed

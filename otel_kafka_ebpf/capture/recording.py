@@ -1,10 +1,15 @@
 """Versioned recording files of captured streams (`record --out FILE`, `replay FILE`).
 
-Format, version 1: gzip-compressed UTF-8 JSON lines. The first line is a header
-``{"format": "otel-kafka-ebpf-recording", "version": 1, ...}``; each further line is one
+Format, version 2: gzip-compressed UTF-8 JSON lines. The first line is a header
+``{"format": "otel-kafka-ebpf-recording", "version": 2, ...}``; each further line is one
 stream event with a type tag ``t`` (open, data, gap, close), or a note (``t`` note: a fact a later
 stage recorded beside the streams, such as a process's identity). Payload bytes are base64.
 A reader accepts any version it knows and refuses others with one clear error.
+
+Version 2 (the digest capture) adds to version 1: a data event's ``te``, the time of the last
+syscall when several moved its bytes, its ``sk`` (ranges left in the kernel on purpose, as
+[position in the data, length]) and ``sr`` (why: RECORDS_SKIPPED or SASL), and those two gap
+reasons. Version 1 files are read as they always were.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from .streams import (
 )
 
 FORMAT_NAME = "otel-kafka-ebpf-recording"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class RecordingError(Exception):
@@ -44,6 +50,11 @@ def _encode(event: StreamEvent) -> dict:
                "o": event.offset, "b": base64.b64encode(event.data).decode("ascii")}
         if event.frame_start:
             obj["fs"] = 1
+        if event.last_ts_ns is not None:
+            obj["te"] = event.last_ts_ns
+        if event.skips:
+            obj["sk"] = [list(s) for s in event.skips]
+            obj["sr"] = int(event.skip_reason or GapReason.RECORDS_SKIPPED)
         return obj
     if isinstance(event, StreamGap):
         return {"t": "gap", "c": event.conn_id, "d": int(event.direction), "ts": event.ts_ns,
@@ -63,8 +74,9 @@ def _encode(event: StreamEvent) -> dict:
 def _decode(obj: dict) -> StreamEvent:
     t = obj["t"]
     if t == "data":
+        skips = tuple((int(at), int(n)) for at, n in obj.get("sk", ()))
         return StreamData(obj["c"], Direction(obj["d"]), obj["ts"], obj["o"], base64.b64decode(obj["b"]),
-                          bool(obj.get("fs")))
+                          bool(obj.get("fs")), obj.get("te"), skips, GapReason(obj["sr"]) if skips else None)
     if t == "gap":
         return StreamGap(obj["c"], Direction(obj["d"]), obj["ts"], obj["o"], obj["n"], GapReason(obj["r"]))
     if t == "open":
@@ -139,9 +151,9 @@ def _lines(path: str | os.PathLike, header_only: bool = False):
         raise RecordingError(f"{path}: not a recording file (bad header)") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise RecordingError(f"{path}: not an otel-kafka-ebpf recording")
-    if header.get("version") != FORMAT_VERSION:
+    if header.get("version") not in READABLE_VERSIONS:
         raise RecordingError(f"{path}: recording format version {header.get('version')} is not supported "
-                             f"(this agent reads version {FORMAT_VERSION})")
+                             f"(this agent reads versions {', '.join(map(str, READABLE_VERSIONS))})")
     yield header
     if header_only:
         fh.close()

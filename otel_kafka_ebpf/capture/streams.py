@@ -32,6 +32,16 @@ class GapReason(enum.IntEnum):
     USER_COPY = 4  # bpf_probe_read_user failed (page not resident)
     UNKNOWN_START = 5  # joined a stream mid-way (connection predates the agent)
     SENDFILE = 6  # sent from a file by sendfile() (a broker's Fetch records): never in user memory
+    # Not losses: bytes the capture leaves in the kernel on purpose, inside a frame it tracks.
+    RECORDS_SKIPPED = 7  # the records after a record batch's header (digest capture)
+    SASL = 8  # the body of a SaslHandshake/SaslAuthenticate frame or a raw SASL token (credentials)
+
+    @property
+    def is_loss(self) -> bool:
+        return self not in DECLARED_SKIPS
+
+
+DECLARED_SKIPS = frozenset({GapReason.RECORDS_SKIPPED, GapReason.SASL})
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,17 +62,34 @@ class ConnectionOpened:
 
 @dataclass(frozen=True, slots=True)
 class StreamData:
+    """Captured bytes of one direction from `offset` on. With `skips` (a digest capture), ranges of the
+    stream inside them were left in the kernel on purpose, never a loss: (position in `data` where the
+    range was, its length in stream bytes), ordered; the event then covers `wire_length` stream bytes."""
+
     conn_id: int
     direction: Direction
-    ts_ns: int  # wall clock of the syscall that moved these bytes
+    ts_ns: int  # wall clock of the (first) syscall that moved these bytes
     offset: int  # position of data[0] in this direction's stream
     data: bytes
     frame_start: bool = False  # the capture knows data[0] begins a Kafka frame (its size field)
+    last_ts_ns: int | None = None  # wall clock of the last syscall, when several moved them (else ts_ns)
+    skips: tuple[tuple[int, int], ...] = ()
+    skip_reason: GapReason | None = None  # why the skips were not copied (RECORDS_SKIPPED or SASL)
+
+    @property
+    def end_ts_ns(self) -> int:
+        return self.ts_ns if self.last_ts_ns is None else self.last_ts_ns
+
+    @property
+    def wire_length(self) -> int:
+        """Stream bytes the event covers: the data and the skipped ranges."""
+        return len(self.data) + sum(n for _, n in self.skips) if self.skips else len(self.data)
 
 
 @dataclass(frozen=True, slots=True)
 class StreamGap:
-    """`length` bytes at `offset` moved through the socket but were not captured."""
+    """`length` bytes at `offset` moved through the socket but were not captured: lost, or (a reason
+    in DECLARED_SKIPS) left in the kernel on purpose inside a frame whose boundaries are tracked."""
 
     conn_id: int
     direction: Direction

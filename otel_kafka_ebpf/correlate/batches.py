@@ -104,13 +104,14 @@ Batch = ProducedBatch | DeliveredBatch
 
 
 def traceparents_of(batch: RecordBatch) -> tuple[str, ...]:
-    """The distinct `traceparent` header values of a batch's records, when its bytes were captured."""
-    if batch.partial or len(batch.data) <= 61:
+    """The distinct `traceparent` header values of a batch's records, when its bytes were captured
+    (whole, or the first records with a digest's record prefix)."""
+    if len(batch.data) <= 61:
         return ()
     if batch.attributes & 7 == 0 and _TRACEPARENT not in batch.data.tobytes():
         return ()
     try:
-        records = batch.records()
+        records = batch.first_records()
     except DecodeError:
         return ()
     seen: dict[str, None] = {}

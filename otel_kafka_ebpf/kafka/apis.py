@@ -6,6 +6,7 @@ import struct
 
 from . import api_versions, fetch, groups, metadata, offsets, produce, share
 from .primitives import DecodeError
+from .records import Holes
 from .versions import (
     API_VERSIONS, CONSUMER_GROUP_HEARTBEAT, FETCH, FIND_COORDINATOR, HEARTBEAT, JOIN_GROUP, LEAVE_GROUP,
     LIST_OFFSETS, METADATA, OFFSET_COMMIT, OFFSET_FETCH, PRODUCE, SHARE_ACKNOWLEDGE, SHARE_FETCH, SYNC_GROUP,
@@ -40,6 +41,9 @@ DECODERS = {
 }
 
 SUPPORTED: dict[int, tuple[int, int]] = {key: (lo, hi) for key, (lo, hi, _, _) in DECODERS.items()}
+
+# The bodies a digest capture may skip parts of (their records): (api key, is response)
+DIGESTED = frozenset({(PRODUCE, False), (FETCH, True), (SHARE_FETCH, True)})
 """api_key -> (min, max) body version decoded; tested against a live broker's ApiVersions."""
 
 # What malformed bytes can raise inside a body decoder; all of it surfaces as DecodeError.
@@ -50,17 +54,29 @@ class UnsupportedApi(DecodeError):
     """An api key or version this decoder does not read; the frame is skipped by its length."""
 
 
-def decode_request_body(api_key: int, version: int, frame, pos: int):
+def decode_request_body(api_key: int, version: int, frame, pos: int, skips: tuple = ()):
+    """`skips`: the ranges a digest capture did not copy (Frame.skips); the frame holds the rest."""
     entry = DECODERS.get(api_key)
     if entry is None or not entry[0] <= version <= entry[1]:
         raise UnsupportedApi(f"api {api_key} v{version}")
     try:
+        if skips:
+            return _with_holes(entry[2], api_key, False, frame, pos, version, skips)
         return entry[2](frame, pos, version)
     except _MALFORMED as exc:
         raise DecodeError(f"api {api_key} v{version} request: {exc}") from None
 
 
-def decode_response_body(api_key: int, version: int, frame, pos: int):
+def _with_holes(decode, api_key: int, is_response: bool, frame, pos: int, version: int, skips: tuple):
+    if (api_key, is_response) not in DIGESTED:
+        raise DecodeError(f"api {api_key} v{version}: skipped ranges in a body that has no digest")
+    holes = Holes(skips)
+    message = decode(frame, pos, version, holes)
+    holes.done()
+    return message
+
+
+def decode_response_body(api_key: int, version: int, frame, pos: int, skips: tuple = ()):
     entry = DECODERS.get(api_key)
     if api_key == API_VERSIONS and entry is not None and version > entry[1]:
         version = entry[1]  # a probe above what the broker knows is answered in v0 (UNSUPPORTED_VERSION)
@@ -69,6 +85,8 @@ def decode_response_body(api_key: int, version: int, frame, pos: int):
     if entry is None or not entry[0] <= version <= entry[1]:
         raise UnsupportedApi(f"api {api_key} v{version}")
     try:
+        if skips:
+            return _with_holes(entry[3], api_key, True, frame, pos, version, skips)
         return entry[3](frame, pos, version)
     except _MALFORMED as exc:
         raise DecodeError(f"api {api_key} v{version} response: {exc}") from None

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from ..capture.streams import (
-    ConnectionClosed, ConnectionOpened, Direction, Role, StreamData, StreamEvent, StreamGap,
+    DECLARED_SKIPS, ConnectionClosed, ConnectionOpened, Direction, GapReason, Role, StreamData, StreamEvent,
+    StreamGap,
 )
 from . import fetch
 from .apis import UnsupportedApi, decode_request_body, decode_response_body
@@ -27,6 +28,10 @@ from .versions import API_TABLE, FETCH, MAX_API_VERSION, PRODUCE, response_heade
 __all__ = ["KafkaPair", "KafkaConnection", "KafkaStreamDecoder", "NEED_DATA"]
 
 MAX_PENDING = 1024  # outstanding requests kept per connection; clients pipeline far fewer
+# A response may reach the decoder just before its request: with one thread writing and another
+# reading, the request's syscall can end (and be captured) after the response was read. A few such
+# responses wait for their request.
+MAX_EARLY = 8
 
 # Why a side of a pair has no decoded message
 LOST = "lost"  # its bytes fell in a capture gap
@@ -212,7 +217,7 @@ class KafkaConnection:
     """Decoder state of one TCP connection; the traced process is the client unless role says so."""
 
     __slots__ = ("conn_id", "role", "requests", "responses", "pending", "seen_versions", "client_id",
-                 "client_id_bytes", "last_correlation_id", "fetch_session", "stats", "_events")
+                 "client_id_bytes", "last_correlation_id", "fetch_session", "stats", "_events", "_early")
 
     def __init__(self, conn_id: int, role: Role = Role.CLIENT, stats: Counter | None = None) -> None:
         self.conn_id = conn_id
@@ -227,20 +232,31 @@ class KafkaConnection:
         self.fetch_session = fetch.FetchSession()
         self.stats = stats if stats is not None else Counter()
         self._events: deque[KafkaPair] = deque()
+        self._early: deque[tuple[int, Frame]] = deque()  # (correlation id, response) ahead of its request
 
     def _splitter(self, direction: Direction) -> tuple[FrameSplitter, bool]:
         sends_requests = self.role != Role.SERVER
         is_request = (direction == Direction.SEND) == sends_requests
         return (self.requests if is_request else self.responses), is_request
 
-    def feed_data(self, direction: Direction, offset: int, data, ts_ns: int, frame_start: bool = False) -> None:
+    def feed_data(self, direction: Direction, offset: int, data, ts_ns: int, frame_start: bool = False,
+                  last_ts_ns: int | None = None, skips: tuple = ()) -> None:
         splitter, is_request = self._splitter(direction)
-        splitter.feed_data(offset, data, ts_ns, frame_start)
+        splitter.feed_data(offset, data, ts_ns, frame_start, last_ts_ns, skips)
+        if skips:
+            self.stats["skipped_on_purpose_bytes"] += sum(n for _, n in skips)
         self._pull(splitter, is_request)
 
-    def feed_gap(self, direction: Direction, offset: int, length: int, ts_ns: int) -> None:
+    def feed_gap(self, direction: Direction, offset: int, length: int, ts_ns: int,
+                 reason: GapReason | None = None) -> None:
         splitter, is_request = self._splitter(direction)
-        splitter.feed_gap(offset, length, ts_ns)
+        if reason in DECLARED_SKIPS:  # left in the kernel on purpose: a hole in the frame, no loss
+            if splitter.feed_skip(offset, length, ts_ns):
+                self.stats["skipped_on_purpose_bytes"] += length
+                self._pull(splitter, is_request)
+                return
+        else:
+            splitter.feed_gap(offset, length, ts_ns)
         self.stats["gap_bytes"] += length
         if is_request:
             self.fetch_session.invalidate()  # a lost incremental request would leave stale offsets
@@ -255,6 +271,9 @@ class KafkaConnection:
         for pending in self.pending.values():
             self._emit_unanswered(pending, unanswered)
         self.pending.clear()
+        if self._early:
+            self.stats["unmatched_responses"] += len(self._early)
+            self._early.clear()
         self.stats.update(self.splitter_counters())
         self.requests = FrameSplitter(_RequestValidator(self))  # counters are now in stats
         self.responses = FrameSplitter(_ResponseValidator(self))
@@ -292,6 +311,9 @@ class KafkaConnection:
     def _on_request(self, frame: Frame) -> None:
         stats = self.stats
         payload = frame.payload
+        if not payload and frame.skips:  # a raw SASL token (after SaslHandshake v0), never copied
+            stats["sasl_tokens"] += 1
+            return
         try:
             header, pos = read_request_header(payload)
         except DecodeError:
@@ -303,7 +325,7 @@ class KafkaConnection:
         self._learn(header)
         request = error = None
         try:
-            request = decode_request_body(header.api_key, header.api_version, payload, pos)
+            request = decode_request_body(header.api_key, header.api_version, payload, pos, frame.skips)
         except UnsupportedApi:
             stats[f"unsupported_api_{header.api_key}_v{header.api_version}"] += 1
             error = UNSUPPORTED
@@ -349,6 +371,12 @@ class KafkaConnection:
             _, oldest = pending.popitem(last=False)
             self.stats["pending_overflow"] += 1
             self._emit_unanswered(oldest, LOST)
+        if self._early:
+            for i, (corr, frame) in enumerate(self._early):
+                if corr == header.correlation_id:
+                    del self._early[i]
+                    self._on_response(frame)
+                    break
 
     def _match(self, correlation_id: int) -> _Pending | None:
         """The pending request with this id; earlier ones lost their responses (Kafka answers in order)."""
@@ -366,17 +394,26 @@ class KafkaConnection:
     def _on_response(self, frame: Frame) -> None:
         stats = self.stats
         payload = frame.payload
+        if not payload and frame.skips:  # a raw SASL token (after SaslHandshake v0), never copied
+            stats["sasl_tokens"] += 1
+            return
         if len(payload) < 4:
             stats["malformed_response_headers"] += 1
             return
-        entry = self._match(read_response_correlation_id(payload))
-        if entry is None:
+        corr = read_response_correlation_id(payload)
+        if corr not in self.pending:
+            early = self._early
+            early.append((corr, frame))
+            if len(early) > MAX_EARLY:
+                early.popleft()
+                stats["unmatched_responses"] += 1
             return
+        entry = self._match(corr)
         h = entry.header
         response = error = None
         try:
             pos = response_body_position(payload, response_header_version(h.api_key, h.api_version))
-            response = decode_response_body(h.api_key, h.api_version, payload, pos)
+            response = decode_response_body(h.api_key, h.api_version, payload, pos, frame.skips)
         except UnsupportedApi:
             error = UNSUPPORTED
         except DecodeError:
@@ -421,10 +458,11 @@ class KafkaStreamDecoder:
         kind = type(event)
         if kind is StreamData:
             conn = self._conn(event.conn_id)
-            conn.feed_data(event.direction, event.offset, event.data, event.ts_ns, event.frame_start)
+            conn.feed_data(event.direction, event.offset, event.data, event.ts_ns, event.frame_start,
+                           event.last_ts_ns, event.skips)
         elif kind is StreamGap:
             conn = self._conn(event.conn_id)
-            conn.feed_gap(event.direction, event.offset, event.length, event.ts_ns)
+            conn.feed_gap(event.direction, event.offset, event.length, event.ts_ns, event.reason)
         elif kind is ConnectionOpened:
             self.opened[event.conn_id] = event
             old = self.connections.pop(event.conn_id, None)

@@ -13,7 +13,7 @@ from .primitives import (
     read_compact_int32_array, read_compact_string, read_int32_array, read_string, read_topic,
     skip_tagged_fields,
 )
-from .records import RecordBatch, read_batches
+from .records import Holes, RecordBatch, read_batches
 
 VERSIONS = (4, 18)
 FLEXIBLE = 12
@@ -167,7 +167,7 @@ def decode_request(buf, pos: int, version: int) -> FetchRequest:
                         session_epoch, partitions, forgotten, rack_id)
 
 
-def decode_response(buf, pos: int, version: int) -> FetchResponse:
+def decode_response(buf, pos: int, version: int, holes: Holes | None = None) -> FetchResponse:
     flex = version >= FLEXIBLE
     ids = version >= TOPIC_IDS
     error_code = session_id = 0
@@ -202,12 +202,13 @@ def decode_response(buf, pos: int, version: int) -> FetchResponse:
             if version >= 11:
                 (preferred_read_replica,) = _i32(buf, pos)
                 pos += 4
-            if flex:
-                records, pos = read_compact_bytes_view(buf, pos)
-                pos = skip_tagged_fields(buf, pos)  # diverging epoch, current leader, snapshot id
+            if holes is not None:  # a digest: batch headers without their records
+                batches, size, pos = holes.read_records(buf, pos, flex)
             else:
-                records, pos = read_bytes_view(buf, pos)
-            batches, size, _ = read_batches(records)
+                records, pos = read_compact_bytes_view(buf, pos) if flex else read_bytes_view(buf, pos)
+                batches, size, _ = read_batches(records)
+            if flex:
+                pos = skip_tagged_fields(buf, pos)  # diverging epoch, current leader, snapshot id
             partitions.append(_new(FetchResponsePartition, (topic, topic_id, partition, p_error, high_watermark,
                                                             last_stable_offset, log_start_offset, aborted,
                                                             preferred_read_replica, batches, size)))

@@ -1,9 +1,11 @@
 """Split one direction of a connection into Kafka frames, across gaps of known length.
 
 A Kafka frame is an int32 size and that many bytes. The splitter is fed the captured stream in
-order (`feed_data`, `feed_gap`) and hands out `Frame` and `FrameLost` events (`next_event`,
-`NEED_DATA` when it has none). A gap inside a frame whose size prefix was seen costs that frame
-only: the next boundary is known. A gap that swallows a size prefix loses the boundary; the
+order (`feed_data`, `feed_gap`, `feed_skip`) and hands out `Frame` and `FrameLost` events
+(`next_event`, `NEED_DATA` when it has none). A skip (bytes the capture left in the kernel on
+purpose, such as the records of a digest) inside a frame is no loss: the frame comes out whole,
+its captured bytes in `payload` and the skipped ranges in `skips`. A gap inside a frame whose size
+prefix was seen costs that frame only: the next boundary is known. A gap that swallows a size prefix loses the boundary; the
 splitter then hunts for the next frame start with a `FrameValidator` supplied by the connection
 (which knows the client id, the api versions in use and the outstanding correlation ids), and
 drops every byte before it. It never raises on stream content and always makes progress.
@@ -45,6 +47,9 @@ class Frame(NamedTuple):
     payload: memoryview  # the bytes after the size prefix (a view: not copied when in one chunk)
     first_ts_ns: int  # capture time of the first byte
     last_ts_ns: int  # capture time of the last byte
+    # (position in payload, frame bytes skipped there) for each range the capture did not copy on
+    # purpose (a digest's record payloads); () when payload is the whole frame
+    skips: tuple = ()
 
 
 class FrameLost(NamedTuple):
@@ -69,12 +74,12 @@ class FrameValidator(Protocol):
 
 class FrameSplitter:
     __slots__ = ("_chunks", "_avail", "_pos", "_end", "_size", "_skip", "_hunting", "_frame_offset",
-                 "_frame_ts", "_candidates", "_scanned", "_hunt_need", "_mirror", "_out", "validator",
-                 "max_hunt", "frames", "lost_frames", "skipped_bytes", "gap_bytes", "resyncs", "bad_sizes",
-                 "overlaps", "dropped_candidates")
+                 "_frame_ts", "_holes", "_hole_bytes", "_hole_ts", "_candidates", "_scanned", "_hunt_need",
+                 "_mirror", "_out", "validator", "max_hunt", "frames", "lost_frames", "skipped_bytes", "gap_bytes",
+                 "resyncs", "bad_sizes", "overlaps", "dropped_candidates", "declared_skips")
 
     def __init__(self, validator: FrameValidator | None = None, *, max_hunt: int = MAX_HUNT) -> None:
-        self._chunks: deque[list] = deque()  # [memoryview, ts_ns], oldest first
+        self._chunks: deque[list] = deque()  # [memoryview, first ts_ns, last ts_ns], oldest first
         self._avail = 0  # bytes buffered
         self._pos = 0  # stream offset of the first buffered byte
         self._end = 0  # stream offset after the last byte or gap seen
@@ -83,6 +88,9 @@ class FrameSplitter:
         self._hunting = False
         self._frame_offset = 0  # stream offset of the current frame's size prefix
         self._frame_ts = 0  # capture time of that prefix
+        self._holes: list[tuple[int, int]] = []  # declared skips inside the current frame: (payload pos, length)
+        self._hole_bytes = 0
+        self._hole_ts = 0
         self._candidates: list[tuple[int, int]] = []  # hunting: (position, bytes needed) awaiting data
         self._scanned = 0  # hunting: buffer positions below this were examined
         self._hunt_need = 0  # hunting: buffered bytes needed before hunting again can decide anything
@@ -99,6 +107,7 @@ class FrameSplitter:
         self.bad_sizes = 0
         self.overlaps = 0
         self.dropped_candidates = 0  # hunting: possible frame starts given up undecided
+        self.declared_skips = 0  # bytes inside frames the capture skipped on purpose (not losses)
 
     @property
     def events(self) -> deque:
@@ -121,11 +130,21 @@ class FrameSplitter:
         self._candidates = []
         self._scanned = 0
         self._hunt_need = 0
+        if self._holes:  # bytes around holes are not a stream to hunt in
+            self._discard()
+            self._clear_holes()
         self._drain()
 
-    def feed_data(self, offset: int, data, ts_ns: int, frame_start: bool = False) -> None:
-        """Append captured bytes at `offset`; `frame_start` says the capture knows data[0] begins a
-        frame, which ends a hunt at once (the kernel tracked the boundaries the gap hid from us)."""
+    def feed_data(self, offset: int, data, ts_ns: int, frame_start: bool = False,
+                  last_ts_ns: int | None = None, skips: tuple = ()) -> None:
+        """Append captured bytes at `offset`, moved by syscalls from `ts_ns` to `last_ts_ns` (None: the
+        same); `frame_start` says the capture knows data[0] begins a frame, which ends a hunt at once
+        (the kernel tracked the boundaries the gap hid from us). `skips`: (position in data, length)
+        of stream ranges inside these bytes left out on purpose (a digest)."""
+        last = ts_ns if last_ts_ns is None else last_ts_ns
+        if skips:
+            self._feed_digest(offset, data, ts_ns, frame_start, last, skips)
+            return
         n = len(data)
         if offset != self._end:
             if offset > self._end:  # bytes the capture neither delivered nor reported
@@ -147,7 +166,7 @@ class FrameSplitter:
             self._hunting = False
             self.resyncs += 1
         if self._hunting:
-            self._chunks.append([view, ts_ns])
+            self._chunks.append([view, ts_ns, last])
             self._avail += n
             self._end += n
             if self._mirror is not None:
@@ -168,7 +187,7 @@ class FrameSplitter:
                 (size,) = _i32(view, pos)
                 if size < MIN_FRAME or size > MAX_FRAME or n - pos - 4 < size:
                     break
-                out.append(_new(Frame, (start + pos, view[pos + 4:pos + 4 + size], ts_ns, ts_ns)))
+                out.append(_new(Frame, (start + pos, view[pos + 4:pos + 4 + size], ts_ns, last, ())))
                 pos += 4 + size
                 self.frames += 1
             self._end += pos
@@ -177,10 +196,63 @@ class FrameSplitter:
                 return
             view = view[pos:]
             n -= pos
-        self._chunks.append([view, ts_ns])
+        self._chunks.append([view, ts_ns, last])
         self._avail += n
         self._end += n
         self._drain()
+
+    def _feed_digest(self, offset: int, data, ts_ns: int, frame_start: bool, last: int, skips: tuple) -> None:
+        """Captured bytes with skipped ranges inside. The capture sends one such event per frame: at a
+        frame boundary, a whole frame is handed out as it is; anything else goes piece by piece."""
+        if self._hunting and frame_start and offset == self._end:
+            self._discard()
+            self._pos = self._end
+            self._hunting = False
+            self.resyncs += 1
+        if offset == self._end and not self._avail and self._size < 0 and not self._skip and not self._hunting \
+                and len(data) >= 4:
+            (size,) = _i32(data, 0)
+            skipped = 0
+            for _, n in skips:
+                skipped += n
+            if MIN_FRAME <= size <= MAX_FRAME and 4 + size == len(data) + skipped and skips[0][0] >= 4:
+                self._out.append(_new(Frame, (offset, memoryview(data)[4:], ts_ns, last,
+                                              tuple((at - 4, n) for at, n in skips))))
+                self.frames += 1
+                self.declared_skips += skipped
+                self._end += 4 + size
+                self._pos = self._end
+                return
+        pos = offset
+        prev = 0
+        for at, n in skips:
+            if at > prev:
+                self.feed_data(pos, memoryview(data)[prev:at], ts_ns, frame_start and prev == 0, last)
+                pos += at - prev
+            self.feed_skip(pos, n, last)
+            pos += n
+            prev = at
+        if prev < len(data):
+            self.feed_data(pos, memoryview(data)[prev:], ts_ns, False, last)
+
+    def feed_skip(self, offset: int, length: int, ts_ns: int) -> bool:
+        """`length` bytes at `offset` the capture did not copy on purpose, inside the frame being
+        assembled: a hole in it, not a loss. True if taken so; anything else is a gap (False)."""
+        if offset == self._end and length > 0 and self._size >= 0 and not self._hunting and not self._skip \
+                and self._avail + self._hole_bytes + length <= self._size:
+            holes = self._holes
+            if holes and holes[-1][0] == self._avail:  # one range cut across two capture events
+                holes[-1] = (self._avail, holes[-1][1] + length)
+            else:
+                holes.append((self._avail, length))
+            self._hole_bytes += length
+            self._hole_ts = ts_ns
+            self._end += length
+            self.declared_skips += length
+            self._drain()
+            return True
+        self.feed_gap(offset, length, ts_ns)
+        return False
 
     def feed_gap(self, offset: int, length: int, ts_ns: int) -> None:
         if offset > self._end:
@@ -201,7 +273,7 @@ class FrameSplitter:
             if length > taken:
                 self._hunt_after_gap()
         elif self._size >= 0:
-            remaining = self._size - self._avail
+            remaining = self._size - self._avail - self._hole_bytes
             self._lose_frame()
             if length <= remaining:
                 self._skip = remaining - length
@@ -228,14 +300,24 @@ class FrameSplitter:
 
     def _lose_frame(self) -> None:
         """The frame being assembled will not complete: hand out what came of it as a FrameLost."""
-        last_ts = self._chunks[-1][1] if self._chunks else self._frame_ts
+        last_ts = self._chunks[-1][2] if self._chunks else self._frame_ts
+        if self._holes:
+            last_ts = max(last_ts, self._hole_ts)
         head = self._take(self._avail)[0] if self._avail else b""
         self._out.append(FrameLost(self._frame_offset, self._size, bytes(head), self._frame_ts, last_ts))
         self.lost_frames += 1
         self._size = -1
+        self._clear_holes()
+
+    def _clear_holes(self) -> None:
+        if self._holes:
+            self._pos += self._hole_bytes  # the stream offset of the first buffered byte moves past them
+            self._holes = []
+            self._hole_bytes = 0
 
     def _hunt_after_gap(self) -> None:
         self._discard()
+        self._clear_holes()
         self._size = -1
         self._skip = 0
         self._hunting = True
@@ -258,15 +340,15 @@ class FrameSplitter:
         self._pos += n
         if len(view) > n:
             first[0] = view[n:]
-            return view[:n], first[1]
+            return view[:n], first[2]
         if len(view) == n:
             chunks.popleft()
-            return view, first[1]
+            return view, first[2]
         parts = []
         while n:
             c = chunks[0]
             v = c[0]
-            ts = c[1]
+            ts = c[2]
             if len(v) <= n:
                 parts.append(v)
                 n -= len(v)
@@ -298,7 +380,7 @@ class FrameSplitter:
 
     def _peek(self, n: int) -> bytes:
         out = bytearray()
-        for v, _ in self._chunks:
+        for v, _, _ in self._chunks:
             out += v[: n - len(out)]
             if len(out) >= n:
                 break
@@ -334,12 +416,30 @@ class FrameSplitter:
                 self._drop(4)
                 self._size = size
             size = self._size
+            if self._holes:
+                if self._avail + self._hole_bytes < size:
+                    return
+                self._emit_with_holes(size)
+                continue
             if self._avail < size:
                 return
             payload, last_ts = self._take(size)
             out.append(Frame(self._frame_offset, payload, self._frame_ts, last_ts))
             self.frames += 1
             self._size = -1
+
+    def _emit_with_holes(self, size: int) -> None:
+        """The frame being assembled is complete: its captured bytes, and where the skips were."""
+        captured = size - self._hole_bytes
+        if captured:
+            payload, last_ts = self._take(captured)
+            last_ts = max(last_ts, self._hole_ts)
+        else:
+            payload, last_ts = memoryview(b""), self._hole_ts
+        self._out.append(Frame(self._frame_offset, payload, self._frame_ts, last_ts, tuple(self._holes)))
+        self.frames += 1
+        self._size = -1
+        self._clear_holes()
 
     def _hunt(self) -> bool:
         """Look for a frame start in the buffer; True when found (the buffer then starts there).

@@ -13,7 +13,7 @@ from .primitives import (
     check_end, read_array_len, read_bytes_view, read_compact_array_len, read_compact_bytes_view,
     read_compact_string, read_string, read_topic, skip_tagged_fields,
 )
-from .records import RecordBatch, read_batches
+from .records import Holes, RecordBatch, read_batches
 
 VERSIONS = (0, 13)
 FLEXIBLE = 9
@@ -61,7 +61,7 @@ class ProduceResponse(NamedTuple):
     throttle_time_ms: int
 
 
-def decode_request(buf, pos: int, version: int) -> ProduceRequest:
+def decode_request(buf, pos: int, version: int, holes: Holes | None = None) -> ProduceRequest:
     flex = version >= FLEXIBLE
     ids = version >= TOPIC_IDS
     transactional_id = None
@@ -79,12 +79,13 @@ def decode_request(buf, pos: int, version: int) -> ProduceRequest:
         for _ in range(n_parts):
             (index,) = _i32(buf, pos)
             pos += 4
-            if flex:
-                records, pos = read_compact_bytes_view(buf, pos)
-                pos = skip_tagged_fields(buf, pos)
+            if holes is not None:  # a digest: batch headers without their records
+                batches, size, pos = holes.read_records(buf, pos, flex)
             else:
-                records, pos = read_bytes_view(buf, pos)
-            batches, size, _ = read_batches(records)
+                records, pos = read_compact_bytes_view(buf, pos) if flex else read_bytes_view(buf, pos)
+                batches, size, _ = read_batches(records)
+            if flex:
+                pos = skip_tagged_fields(buf, pos)
             partitions.append(_new(ProduceRequestPartition, (topic, topic_id, index, batches, size)))
         if flex:
             pos = skip_tagged_fields(buf, pos)

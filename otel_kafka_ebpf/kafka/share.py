@@ -13,7 +13,7 @@ from .primitives import (
     check_end, read_compact_array_len, read_compact_bytes_view, read_compact_int32_array,
     read_compact_string, read_uuid, skip_tagged_fields,
 )
-from .records import RecordBatch, read_batches
+from .records import Holes, RecordBatch, read_batches
 
 SHARE_FETCH_VERSIONS = (0, 2)
 SHARE_ACKNOWLEDGE_VERSIONS = (0, 2)
@@ -175,7 +175,7 @@ def decode_share_fetch_request(buf, pos: int, version: int) -> ShareFetchRequest
                              partitions, forgotten)
 
 
-def decode_share_fetch_response(buf, pos: int, version: int) -> ShareFetchResponse:
+def decode_share_fetch_response(buf, pos: int, version: int, holes: Holes | None = None) -> ShareFetchResponse:
     throttle, error, message, lock_timeout, pos = _response_head(buf, pos, version >= 1)
     partitions = []
     n, pos = read_compact_array_len(buf, pos)
@@ -188,7 +188,11 @@ def decode_share_fetch_response(buf, pos: int, version: int) -> ShareFetchRespon
             (ack_error,) = struct.unpack_from(">h", buf, pos)
             _msg, pos = read_compact_string(buf, pos + 2)
             leader_id, leader_epoch, pos = _current_leader(buf, pos)
-            records, pos = read_compact_bytes_view(buf, pos)
+            if holes is not None:  # a digest: batch headers without their records
+                batches, _, pos = holes.read_records(buf, pos, True)
+            else:
+                records, pos = read_compact_bytes_view(buf, pos)
+                batches = read_batches(records).batches
             acquired = []
             k, pos = read_compact_array_len(buf, pos)
             for _ in range(k):
@@ -196,7 +200,7 @@ def decode_share_fetch_response(buf, pos: int, version: int) -> ShareFetchRespon
                 pos = skip_tagged_fields(buf, pos + 18)
             pos = skip_tagged_fields(buf, pos)
             partitions.append(ShareFetchPartition(topic_id, index, p_error, ack_error, leader_id, leader_epoch,
-                                                  read_batches(records).batches, acquired))
+                                                  batches, acquired))
         pos = skip_tagged_fields(buf, pos)
     pos = _skip_node_endpoints(buf, pos)
     pos = skip_tagged_fields(buf, pos)

@@ -13,8 +13,10 @@ import pytest
 
 from otel_kafka_ebpf.capture.loader import CaptureSettings, cgroup2_root
 from otel_kafka_ebpf.capture.recording import read_recording
-from otel_kafka_ebpf.capture.streams import ConnectionOpened, Direction, StreamData, StreamGap
-from tests.testbed.agent_capture import BackgroundCapture
+from otel_kafka_ebpf.capture.streams import ConnectionOpened, Direction, GapReason, StreamData, StreamGap
+from otel_kafka_ebpf.kafka import KafkaStreamDecoder
+from otel_kafka_ebpf.kafka.versions import PRODUCE
+from tests.testbed.agent_capture import BackgroundCapture, declared_skips
 from tests.testbed.pcap_oracle import LoopbackCapture
 from tests.workloads import GroundTruth, command
 
@@ -85,6 +87,29 @@ def test_forced_port_is_kafka_without_detection(kafka_broker, topic_factory, tmp
                                    out=str(tmp_path / "g.jsonl")), capture_output=True, timeout=120)
         assert p.returncode == 0
     assert _kafka_pids(capture, kafka_broker.port) == {p.args and GroundTruth.load(tmp_path / "g.jsonl").pid}
+    # connections forced by port are Kafka connections in the counts too
+    assert capture.counters["conn_kafka"] >= 2, capture.counters
+
+
+def test_trace_counts_connections_forced_by_port(kafka_broker, topic_factory, tmp_path):
+    """`trace --kafka-port P --ports-only`: the summary counts the Kafka connections it captured."""
+    topic = topic_factory(partitions=1)
+    agent = subprocess.Popen([sys.executable, "-m", "otel_kafka_ebpf.cli", "trace", "--json", "--kafka-port",
+                              str(kafka_broker.port), "--ports-only"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert "tracing" in agent.stderr.readline()
+        wl = subprocess.run(command("go", bootstrap=kafka_broker.bootstrap, topic=topic, messages=20,
+                                    out=str(tmp_path / "g.jsonl")), capture_output=True, timeout=120)
+        assert wl.returncode == 0
+    finally:
+        agent.send_signal(signal.SIGINT)
+        out, err = agent.communicate(timeout=60)
+    summary = [line for line in err.splitlines() if "Kafka connections" in line]
+    assert summary, err
+    connections = int(summary[0].split(" on ")[1].split()[0])
+    assert connections >= 2, summary[0]  # the bootstrap connection and the broker's listener
+    assert out.count('"api":"Produce"') >= 1
 
 
 def test_joining_connections_that_predate_the_agent(kafka_broker, topic_factory, tmp_path):
@@ -97,7 +122,7 @@ def test_joining_connections_that_predate_the_agent(kafka_broker, topic_factory,
                                         mode="produce", out=str(tmp_path / "g.jsonl"), linger_ms=0),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(3)  # connections are up and busy before the agent attaches
-        with BackgroundCapture() as capture:
+        with BackgroundCapture(CaptureSettings(mode="full")) as capture:
             assert proc.poll() is None, "the client must still be running when the agent attaches"
             assert proc.wait(120) == 0, proc.stderr.read()
     oracle = pcap.streams()
@@ -165,13 +190,23 @@ def test_record_command_writes_a_readable_recording(kafka_broker, topic_factory,
     _, err = agent.communicate(timeout=60)
     assert agent.returncode == 0, err
     assert "Traceback" not in err and "wrote" in err
-    pid = GroundTruth.load(tmp_path / "g.jsonl").pid
+    gt = GroundTruth.load(tmp_path / "g.jsonl")
     events = list(read_recording(out))
-    conns = {e.conn_id for e in events if isinstance(e, ConnectionOpened) and e.pid == pid}
+    conns = {e.conn_id for e in events if isinstance(e, ConnectionOpened) and e.pid == gt.pid}
     assert conns
-    sent = sum(len(e.data) for e in events if isinstance(e, StreamData) and e.conn_id in conns)
-    assert sent > 100 * 100  # the produced values crossed the captured connections
+    # a digest: the produced values stayed in the kernel, as declared skips; nothing was lost
     assert not [e for e in events if isinstance(e, StreamGap) and e.conn_id in conns and e.length]
+    skips = [s for s in declared_skips(events) if s[0] in conns]
+    assert skips and {s[4] for s in skips} == {GapReason.RECORDS_SKIPPED}
+    assert sum(s[3] for s in skips) > 100 * 100
+    produced = set()
+    for pair in KafkaStreamDecoder().feed_all(e for e in events if getattr(e, "conn_id", None) in conns):
+        if pair.api_key == PRODUCE and pair.response is not None:
+            bases = {r.partition: r.base_offset for r in pair.response.partitions}
+            for part in pair.request.partitions:
+                n = sum(b.record_count for b in part.batches)
+                produced.update((part.partition, bases[part.partition] + i) for i in range(n))
+    assert produced == {(r.partition, r.offset) for r in gt.produced}
 
 
 DUP2_CLIENT = r"""

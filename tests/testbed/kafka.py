@@ -514,13 +514,15 @@ class KafkaBroker(KafkaTools):
     killed when this process exits, however it exits (atexit, plus PR_SET_PDEATHSIG for
     SIGKILL of the parent: start the broker from the main thread, since the kernel ties that
     signal to the thread that forked).
+    sasl_plain_users: {user: password}: an extra SASL_PLAINTEXT listener with the PLAIN mechanism
+    for these users (``sasl_bootstrap``); the PLAINTEXT listener stays as it is.
     """
 
     def __init__(self, port: int = 0, log_dir: str | os.PathLike | None = None,
                  advertised_port: int | None = None, heap: str = "512m",
                  startup_timeout: float = 120.0, extra_config: dict | None = None,
                  version: str = KAFKA_VERSION, daemon: bool = False, keep_dir: bool | None = None,
-                 node_id: int = 1):
+                 node_id: int = 1, sasl_plain_users: dict[str, str] | None = None):
         self.version = version
         self.node_id = node_id
         self.voters: str | None = None   # controller.quorum.voters, set by a KafkaCluster
@@ -538,6 +540,8 @@ class KafkaBroker(KafkaTools):
         self.controller_port: int | None = None
         self.direct_port: int | None = None
         self.cluster_id: str | None = None
+        self.sasl_plain_users = dict(sasl_plain_users or {})
+        self.sasl_port: int | None = None
 
     # -- addresses
     @property
@@ -557,6 +561,12 @@ class KafkaBroker(KafkaTools):
     @property
     def direct_bootstrap(self) -> str:
         return f"127.0.0.1:{self.direct_port}" if self.direct_port else self.bootstrap
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        if not self.sasl_port:
+            raise KafkaError("broker has no SASL listener (sasl_plain_users)")
+        return f"127.0.0.1:{self.sasl_port}"
 
     @property
     def data_dir(self) -> Path:
@@ -592,6 +602,15 @@ class KafkaBroker(KafkaTools):
             advertised.append(f"DIRECT://127.0.0.1:{self.direct_port}")
             protocols.append("DIRECT:PLAINTEXT")
             inter = "DIRECT"
+        sasl = {}
+        if self.sasl_port:
+            listeners.append(f"SASL://127.0.0.1:{self.sasl_port}")
+            advertised.append(f"SASL://127.0.0.1:{self.sasl_port}")
+            protocols.append("SASL:SASL_PLAINTEXT")
+            users = " ".join(f'user_{u}="{pw}"' for u, pw in self.sasl_plain_users.items())
+            sasl = {"sasl.enabled.mechanisms": "PLAIN",
+                    "listener.name.sasl.plain.sasl.jaas.config":
+                        f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"}
         props = {
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
@@ -619,6 +638,7 @@ class KafkaBroker(KafkaTools):
             props["controller.quorum.voters"] = self.voters
         else:
             props["controller.quorum.bootstrap.servers"] = f"127.0.0.1:{self.controller_port}"
+        props.update(sasl)
         props.update({k: str(v) for k, v in self.extra_config.items()})
         return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -651,6 +671,7 @@ class KafkaBroker(KafkaTools):
         self._port = self._want_port or free_port()
         self.controller_port = free_port()
         self.direct_port = free_port() if self.advertised_port else None
+        self.sasl_port = free_port() if self.sasl_plain_users else None
 
     def _format(self) -> None:
         """Write the configuration and format the storage (kafka-storage format)."""

@@ -85,3 +85,31 @@ def test_unsynced_start_is_marked_even_without_missing_bytes():
     a.feed(_open())
     out = a.feed(_data(0, b"mid-frame", direction=1, flags=ev.GAP_UNSYNCED))
     assert out[0] == StreamGap(1, Direction.RECV, 2000, 0, 0, GapReason.UNKNOWN_START)
+
+
+def _record(conn_id, offset, payload, direction=0, gap_flags=0, flags=0, skips=(), skip_reason=0, ts=5000, last=6000):
+    """A data event as the ring holds it: header, payload, skip table."""
+    from otel_kafka_ebpf.capture.loader import DATA_HEADER
+    import struct
+    header = DATA_HEADER.pack(ev.EV_DATA, len(payload), conn_id, ts, offset, 10, 11, direction, gap_flags, flags,
+                              len(skips), skip_reason, 0, last)
+    return header + payload + b"".join(struct.pack("<II", at, n) for at, n in skips)
+
+
+def test_a_record_read_straight_from_the_ring_gives_what_the_general_path_gives():
+    from otel_kafka_ebpf.capture.loader import parse_data_event
+    records = [
+        _record(1, 0, b"\x00\x00\x00\x0a" + b"h" * 6, flags=ev.DATA_FRAME_START, skips=((10, 4),),
+                skip_reason=ev.SKIP_RECORDS),
+        _record(1, 14, b"abc", ts=7000, last=7000),
+        _record(1, 17, b"x" * 8, skips=((4, 100), (6, 50)), skip_reason=ev.SKIP_SASL),
+        _record(1, 500, b"late", gap_flags=ev.GAP_RINGBUF),  # a loss before it: the general way
+        _record(1, 0, b"recv", direction=1),
+        _record(2, 0, b"orphan"),  # no open event
+    ]
+    fast, general = StreamAssembler(clock_offset_ns=3), StreamAssembler(clock_offset_ns=3)
+    fast.feed(_open())
+    general.feed(_open())
+    for raw in records:
+        assert fast.feed_data_record(raw) == general.feed(parse_data_event(raw))
+    assert fast.stats == general.stats

@@ -395,3 +395,27 @@ def test_end_of_stream_with_a_partial_frame_gives_frame_lost():
     events = _drain(s)
     assert bytes(events[0].payload) == b"a" * 10
     assert type(events[1]) is FrameLost and (events[1].offset, events[1].size, events[1].head) == (14, 50, b"b" * 12)
+
+
+def test_a_response_captured_before_its_request_is_still_paired():
+    """One thread writes requests, another reads responses: a request's syscall can end (and be
+    captured) after its response was read, so the response comes first. It waits for its request."""
+    conn_id = CONNECTIONS[0][1]
+    events = list(_conn_events(*CONNECTIONS[0]))
+    reference = _reference(*CONNECTIONS[0])
+    sends = [e for e in events if e.direction == Direction.SEND]
+    recvs = [e for e in events if e.direction == Direction.RECV]
+    # each direction in order, but every response event handed over just before the request event
+    # that precedes it in the recording
+    swapped = []
+    for e in events:
+        if e.direction == Direction.RECV and swapped and swapped[-1].direction == Direction.SEND:
+            swapped.insert(len(swapped) - 1, e)
+        else:
+            swapped.append(e)
+    assert [e for e in swapped if e.direction == Direction.SEND] == sends
+    assert [e for e in swapped if e.direction == Direction.RECV] == recvs
+    pairs, conn = _run(swapped)
+    _assert_consistent(pairs, reference)
+    assert sum(p.response is not None for p in pairs) == sum(p.response is not None for p in reference.values())
+    assert conn.stats["unmatched_responses"] == 0, conn_id
