@@ -7,7 +7,9 @@ stage recorded beside the streams, such as a process's identity). Payload bytes 
 
 The writer appends whole lines as one gzip member at a time (at least once a second), so a
 recording whose writer was killed keeps everything up to its last second, and each member's
-CRC is checked before any of its lines is used. A reader accepts any version it knows and
+CRC is checked before any of its lines is used. Its header says ``"end_mark": true``: its last
+line is then a note of kind ``end`` counting the events, and a recording without it was not
+closed (its writer was killed). A reader accepts any version it knows and
 refuses others with one clear error. It is strict: a line whose fields are not what its type
 says (an offset that is not a non-negative integer, bad base64, an unknown direction...) is
 skipped and counted, never handed on; damage to the gzip stream ends the reading there. What
@@ -41,6 +43,7 @@ from .streams import (
 
 FORMAT_NAME = "otel-kafka-ebpf-recording"
 FORMAT_VERSION = 1
+END = "end"  # the kind of the note that closes a recording: {"events": how many came before it}
 
 FLUSH_S = 1.0  # a member is written at least this often while events come
 FLUSH_BYTES = 1 << 20  # and whenever this much text is waiting
@@ -98,7 +101,7 @@ class RecordingWriter:
         self._pending_bytes = 0
         self._last_flush = time.monotonic()
         header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "agent": __version__,
-                  "source": source, "created_ns": time.time_ns()}
+                  "source": source, "created_ns": time.time_ns(), "end_mark": True}
         if extra:
             header.update(extra)
         self._add(header)
@@ -141,6 +144,7 @@ class RecordingWriter:
         if self._fh.closed:
             return
         try:
+            self._add(_encode(Annotation(END, time.time_ns(), {"events": self.events})))
             self.flush()
         finally:
             self._fh.close()
@@ -232,23 +236,26 @@ def _no_constant(name: str):
 # --- reading: the gzip stream -----------------------------------------------------------------------
 
 class _StreamDamage(Exception):
-    """The gzip stream cannot be read from `at` (a compressed byte offset) on."""
+    """The gzip stream cannot be read from `at` (a compressed byte offset) on; `what` says how, with {at} in it."""
 
     def __init__(self, what: str, at: int) -> None:
         super().__init__(what)
         self.what = what
         self.at = at
 
+    def where(self, size: int) -> str:
+        return self.what.format(at=f"compressed byte {self.at} of {size}")
+
 
 def _zlib_problem(exc: zlib.error) -> str:
     msg = str(exc)
     if "incorrect data check" in msg:
-        return "corrupt gzip data (CRC check failed)"
+        return "corrupt gzip data (CRC check failed) in the member from {at}"
     if "incorrect length check" in msg:
-        return "corrupt gzip data (length check failed)"
+        return "corrupt gzip data (length check failed) in the member from {at}"
     if "incorrect header check" in msg or "unknown compression method" in msg:
-        return "bytes that are not gzip data"
-    return "corrupt gzip data"
+        return "bytes that are not gzip data from {at}"
+    return "corrupt gzip data in the member from {at}"
 
 
 def _gzip_text(raw: IO[bytes]) -> Iterator[bytes]:
@@ -266,7 +273,7 @@ def _gzip_text(raw: IO[bytes]) -> Iterator[bytes]:
             try:
                 data = raw.read(_READ)
             except OSError as exc:
-                raise _StreamDamage(f"a read error ({exc.strerror})", pos) from None
+                raise _StreamDamage(f"a read error ({exc.strerror}) at {{at}}", pos) from None
             if not data:
                 break
         if d is None:
@@ -296,8 +303,7 @@ def _gzip_text(raw: IO[bytes]) -> Iterator[bytes]:
     if d is not None:
         if held:
             yield bytes(held)
-        raise _StreamDamage("cut short: its last gzip member is incomplete (the writer did not close it; "
-                            "was it killed?)", member_start)
+        raise _StreamDamage("cut short inside the gzip member from {at} (was its writer killed?)", member_start)
 
 
 class RecordingReader:
@@ -311,6 +317,8 @@ class RecordingReader:
         self.bad_lines = 0
         self.first_bad: str | None = None  # "line N: why"
         self.stream_damage: str | None = None  # where and how the gzip stream stopped being readable
+        self.end_events: int | None = None  # what the end mark counted, once read
+        self.finished = False  # read to its end (or to damage that ends it)
         try:
             self._raw = open(path, "rb")
         except FileNotFoundError:
@@ -325,11 +333,12 @@ class RecordingReader:
             first = next(self._lines, None)
         except _StreamDamage as exc:
             self.close()
-            raise RecordingError(f"{path}: not a recording file ({exc.what})") from None
+            raise RecordingError(f"{path}: not a recording file ({exc.where(self.size)})") from None
         if first is None:
             self.close()
             raise RecordingError(f"{path}: not a recording file (empty)")
         self.header = self._check_header(first[1])
+        self.expects_end = self.header.get("end_mark") is True
 
     def _check_header(self, line: bytes) -> dict:
         path = self.path
@@ -391,14 +400,21 @@ class RecordingReader:
         try:
             for lineno, line in self._lines:
                 try:
+                    if self.end_events is not None:
+                        raise BadLine("after the recording's end mark")
                     event = _decode(_parse(line))
+                    if type(event) is Annotation and event.kind == END and self.expects_end:
+                        self.end_events = _int(event.data, "events")
+                        continue
                 except BadLine as exc:
                     self._bad(lineno, str(exc))
                     continue
                 self.events += 1
                 yield event
+            self.finished = True
         except _StreamDamage as exc:
-            self.stream_damage = f"{exc.what} from compressed byte {exc.at} of {self.size}"
+            self.stream_damage = exc.where(self.size)
+            self.finished = True
         finally:
             self.close()
 
@@ -406,8 +422,14 @@ class RecordingReader:
         self._raw.close()
 
     @property
+    def unclosed(self) -> bool:
+        """The whole file was read and its writer's end mark is not in it."""
+        return self.finished and self.expects_end and self.end_events is None and self.stream_damage is None
+
+    @property
     def damaged(self) -> bool:
-        return self.stream_damage is not None or self.bad_lines > 0
+        return self.stream_damage is not None or self.bad_lines > 0 or self.unclosed or (
+            self.finished and self.end_events is not None and self.end_events != self.events)
 
     def damage(self) -> str | None:
         """One line for the user: what was wrong, where, and how much was read; None when nothing was."""
@@ -416,6 +438,10 @@ class RecordingReader:
         parts = []
         if self.stream_damage:
             parts.append(f"{self.stream_damage}; nothing after it can be read")
+        if self.unclosed:
+            parts.append("it ends without its end mark (its writer was stopped before closing it: killed?)")
+        elif self.end_events is not None and self.end_events != self.events and not self.bad_lines:
+            parts.append(f"its end mark counts {self.end_events} events")
         if self.bad_lines:
             parts.append(f"{self.bad_lines} bad line{'s' if self.bad_lines > 1 else ''} skipped "
                          f"(first: {self.first_bad})")
