@@ -222,7 +222,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .pipeline import run_trace
 
     reader = read_recording(args.file)  # a file that is no recording fails here with one line, before any output
-    if args.exporter or getattr(args, "config", None):
+    if args.exporter or args.endpoint or getattr(args, "config", None):  # an endpoint is not silently ignored
         from .agent import Agent
 
         cfg = _load(args)
