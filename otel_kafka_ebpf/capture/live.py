@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import threading
 import time
 from collections import deque
@@ -9,11 +11,29 @@ from collections.abc import Iterator
 from typing import Callable
 
 from .events import ExitEvent
+from .libbpf import map_delete, map_keys
 from .loader import POLL_BATCH, CaptureProgram, CaptureSettings
 from .reassembly import StreamAssembler
 from .streams import StreamEvent
 
 DRAIN_S = 2.0  # by default, at most this long to drain the ring buffer after a stop
+SWEEP_S = 30.0  # how often the kernel's fd verdicts of exited processes are dropped
+
+
+def forget_exited_fds(fd_verdicts: int) -> int:
+    """Drop the kernel's per-fd verdicts ("not a socket", "not Kafka") of processes that no longer exist; returns
+    how many. The kernel keys them by (tgid, fd) and a process that exits closes its fds without close(): left
+    alone they would fill the map with every process the host ever ran, and a new process given a reused pid would
+    inherit them."""
+    alive: dict[int, bool] = {}
+    removed = 0
+    for key in list(map_keys(fd_verdicts, ctypes.c_uint64)):
+        tgid = key.value >> 32
+        if tgid not in alive:
+            alive[tgid] = os.path.exists(f"/proc/{tgid}")
+        if not alive[tgid]:
+            removed += map_delete(fd_verdicts, key)
+    return removed
 
 
 class LiveCapture:
@@ -56,6 +76,7 @@ class LiveCapture:
                 exited.append(raw.pid)
 
         deadline = time.monotonic() + self.duration_s if self.duration_s else None
+        next_sweep = time.monotonic() + SWEEP_S
         with CaptureProgram(self.settings, on_event) as prog:
             self.program = prog
             if self.on_ready:
@@ -72,6 +93,9 @@ class LiveCapture:
                         self.on_poll()
                     while exited:
                         prog.forget_process(exited.pop())
+                    if time.monotonic() >= next_sweep:
+                        next_sweep = time.monotonic() + SWEEP_S
+                        forget_exited_fds(prog._maps["fd_verdicts"])  # the loader's map; the sweep is the reader's
                 # After a stop, what the kernel already wrote is still decoded, for at most drain_s:
                 # the traffic may not stop, and Ctrl-C must not wait for a slow consumer.
                 drain_until = time.monotonic() + self.drain_s
