@@ -10,8 +10,8 @@ metrics); at the end, the growth over the run. Results: bench/results/soak.json.
     make soak                       # an hour
     python bench/soak.py --minutes 10
 
-Growth is measured from the first minute's sample (the agent has loaded, seen every client and filled its
-caches by then) to the last.
+Growth is measured from the first sample after every client finished a run (the agent has seen them all and
+filled its caches by then) to the last.
 """
 
 from __future__ import annotations
@@ -230,9 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(samples) < 1:
         print(f"soak: no sample taken; agent said:\n{agent_err}", file=sys.stderr)
         return 1
-    first, last = samples[0], samples[-1]
+    # growth from the first sample after every client finished a run (the agent has seen them all by then)
+    first = next((s for s in samples if s["workload_runs"] >= len(clients)), samples[0])
+    last = samples[-1]
     summary = {
-        "minutes": last["minute"], "clients": clients, "rate_per_client": args.rate, "churn_per_s": args.churn,
+        "minutes": last["minute"], "baseline_minute": first["minute"], "clients": clients, "rate_per_client": args.rate, "churn_per_s": args.churn,
         "rss_kb_first": first["rss_kb"], "rss_kb_last": last["rss_kb"], "rss_kb_max": max(s["rss_kb"] for s in samples),
         "rss_growth_pct": _growth(first["rss_kb"], last["rss_kb"]),
         "fds_first": first["fds"], "fds_last": last["fds"], "fd_growth": last["fds"] - first["fds"],
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "churned_connections": traffic.churned, "churn_errors": traffic.churn_errors,
         "agent_exit": agent.returncode, "agent_summary": [l for l in agent_err.splitlines() if "captured" in l][-1:],
     }
-    print(f"soak: over {summary['minutes']:.1f} min: RSS {first['rss_kb'] / 1024:.1f} -> {last['rss_kb'] / 1024:.1f} MB "
+    print(f"soak: from minute {first['minute']:.1f} to {summary['minutes']:.1f}: RSS {first['rss_kb'] / 1024:.1f} -> {last['rss_kb'] / 1024:.1f} MB "
           f"({summary['rss_growth_pct']:+.1f} %), fds {first['fds']} -> {last['fds']}, maps "
           + ", ".join(f"{k} {v:+d}" for k, v in summary["map_growth"].items())
           + f"; CPU {summary['cpu_pct_mean']} % of a core; lost {summary['lost_events']} events, "
