@@ -17,7 +17,7 @@ from .reassembly import StreamAssembler
 from .streams import StreamEvent
 
 DRAIN_S = 2.0  # by default, at most this long to drain the ring buffer after a stop
-SWEEP_S = 30.0  # how often the kernel's fd verdicts of exited processes are dropped
+SWEEP_S = 10.0  # how often the kernel's fd verdicts of exited processes are dropped
 
 
 def forget_exited_fds(fd_verdicts: int) -> int:

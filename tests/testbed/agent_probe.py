@@ -56,11 +56,16 @@ def bpf_hash_maps(pid: int) -> dict[int, str]:
     return out
 
 
-def map_entries(map_id: int) -> int:
+def map_dump(map_id: int) -> list[dict]:
+    """The map's entries as bpftool gives them ("formatted": {"key", "value"} through BTF); [] once it is gone."""
     r = subprocess.run(["bpftool", "-j", "map", "dump", "id", str(map_id)], capture_output=True, text=True)
     if r.returncode != 0:  # the map is gone (the agent ended)
-        return 0
-    return len(json.loads(r.stdout or "[]"))
+        return []
+    return json.loads(r.stdout or "[]")
+
+
+def map_entries(map_id: int) -> int:
+    return len(map_dump(map_id))
 
 
 def snapshot(pid: int, maps: dict[int, str] | None = None) -> AgentSnapshot:
