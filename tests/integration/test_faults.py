@@ -16,6 +16,7 @@ beside each real client; these go further.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -290,3 +291,33 @@ def test_small_ring_buffer_under_load(kafka_broker, topic_factory, tmp_path):
     checked = assert_right_or_null(pairs, _records(*truths))
     print(f"{figures}; {checked} batches checked")
     assert checked["produced"] > 0 and checked["fetched"] > 0
+
+
+# --- `record` killed ------------------------------------------------------------------------------------------------
+
+def test_a_killed_record_leaves_a_recording_that_replays_with_a_warning(kafka_broker, topic_factory, tmp_path):
+    """`record` SIGKILLed while a client runs: its file is private, replays what it had written (right or null),
+    then says in one line that it is damaged, and replay exits 3."""
+    out = tmp_path / "killed.okr"
+    record = subprocess.Popen([sys.executable, "-m", "otel_kafka_ebpf.cli", "record", "--out", str(out),
+                               "--kafka-port", str(kafka_broker.port), "--ports-only"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "recording to" in record.stderr.readline()
+        gt = run_workload("go", kafka_broker.bootstrap, topic_factory(partitions=3), tmp_path / "go.jsonl",
+                          messages=300, partitions=3)
+        time.sleep(1.5)  # a second's members reach the disk
+    finally:
+        record.kill()
+        record.wait()
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+    r = subprocess.run([sys.executable, "-m", "otel_kafka_ebpf.cli", "replay", "--json", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3, r.stderr
+    warning = r.stderr.strip().splitlines()
+    assert len(warning) == 1 and "damaged recording" in warning[0] and "Traceback" not in r.stderr, r.stderr
+    assert "end mark" in warning[0] or "cut short" in warning[0], warning
+    pairs = [p for p in map(json.loads, r.stdout.splitlines()) if p["pid"] == gt.pid]
+    checked = assert_right_or_null(pairs, _records(gt))
+    assert checked["produced"] > 0
+    print(warning[0])
