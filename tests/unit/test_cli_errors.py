@@ -37,9 +37,19 @@ def _one_line(r, expect: str, code: int = 1) -> None:
     (["trace", "--capture-pid", "0"], "not a process id: 0"),
     (["trace", "--capture-pid", "99999999999"], "not a process id: 99999999999"),
     (["trace", "--kafka-port", "0"], "not a TCP port: 0"),
-    (["trace", "--cgroup", "/nonexistent/cgroup"], "cgroup"),
 ])
 def test_one_line_errors(args, expect):
+    _one_line(_run(*args), expect)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="without privileges the live commands stop at the privileges check")
+@pytest.mark.parametrize("args, expect", [
+    (["trace", "--cgroup", "/nonexistent/cgroup"], "cgroup /nonexistent/cgroup"),
+    (["record", "--out", "/nonexistent/dir/x.okr"], "/nonexistent/dir/x.okr: No such file or directory"),
+    (["record", "--out", "/tmp"], "/tmp: Is a directory"),
+    (["run", "--exporter", "none", "--record", "/nonexistent/dir/x.okr"], "No such file or directory"),
+])
+def test_one_line_errors_past_the_privileges_check(args, expect):
     _one_line(_run(*args), expect)
 
 
