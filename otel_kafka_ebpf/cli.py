@@ -36,15 +36,20 @@ class _Parser(argparse.ArgumentParser):
                               f"(see `{self.prog} --help`)\n")
 
 
-def _seconds(text: str) -> float:
-    """A time span: a finite number of seconds above zero."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
-    return value
+def _above_zero(what: str):
+    """An argument type: a finite number above zero (`what` names it in the error)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} above 0")
+        return value
+    return parse
+
+
+_seconds = _above_zero("a number of seconds")
 
 
 def _add_capture_arguments(p: argparse.ArgumentParser) -> None:
@@ -321,21 +326,20 @@ def cmd_top(args: argparse.Namespace) -> int:
     cfg = _load(args)
     cfg.exporter.type = "none"
     if args.replay:
-        from .capture.recording import read_header, read_recording
+        from .capture.recording import read_recording
 
-        read_header(args.replay)
+        events = read_recording(args.replay)  # a file that is no recording fails here, before any output
         agent = Agent(cfg, live=False)
         view = TopView(agent.metrics, agent.resources, sys.stdout, clear=sys.stdout.isatty() and not args.once,
                        refresh_ns=None if args.once else 1_000_000_000)
         agent.pipeline.add_sink(view)
-        events = read_recording(args.replay)
         try:
             agent.run(events if args.once else _paced(events, args.speed))
         finally:
             agent.close(timeout_s=0.5)
         if args.once:
             sys.stdout.write(view.render(agent.pipeline.now_ns))
-        return EXIT_OK
+        return _damage(events)
     live = _live(args, cfg)
     agent = Agent(cfg, live=True, capture_counters=live.current_counters)
     agent.pipeline.add_sink(TopView(agent.metrics, agent.resources, sys.stdout, clear=sys.stdout.isatty()))
@@ -382,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("top", help="live table of consumers (lag, rates, latency, status) and producers")
     _add_capture_arguments(p)
     p.add_argument("--replay", metavar="FILE", help="show a recording instead of live traffic")
-    p.add_argument("--speed", type=float, default=1.0, help="--replay: how many times faster than captured")
+    p.add_argument("--speed", type=_above_zero("a speed factor"), default=1.0,
+                   help="--replay: how many times faster than captured")
     p.add_argument("--once", action="store_true", help="--replay: print only the table at the end")
     p.set_defaults(func=cmd_top)
 

@@ -263,7 +263,7 @@ def _otel_env(env: dict[str, str], origins: dict[tuple[str, str], str]) -> dict[
         if protocol is not None:
             type_var = var
             exp["type"] = {"grpc": "otlp", "http/protobuf": "otlp-http"}.get(protocol.strip()) or _Refused(
-                f"{protocol.strip()!r} is not a protocol this agent speaks (grpc or http/protobuf)")
+                f"{protocol.strip()!r} is not a protocol this agent speaks (OTLP protocols: grpc, http/protobuf)")
             break
     traces_exporter = get("OTEL_TRACES_EXPORTER")
     if traces_exporter is not None:

@@ -29,7 +29,7 @@ import pytest
 from tests.testbed.agent_cli import TraceCLI, assert_every_offset_traced, assert_right_or_null
 from tests.testbed.agent_probe import bpf_hash_maps, map_dump, snapshot
 from tests.testbed.kafka import KafkaBroker
-from tests.workloads import GroundTruth, WorkloadError, run_workload, start_workload
+from tests.workloads import GroundTruth, run_workload, start_workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.bpf,
               pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")]
