@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.testbed.agent_probe import bpf_hash_maps, snapshot  # noqa: E402
+from tests.testbed.agent_probe import bpf_hash_maps, entries_of_exited_processes, snapshot  # noqa: E402
 from tests.testbed.kafka import KafkaBroker, api_versions  # noqa: E402
 from tests.workloads import CLIENTS, WorkloadError, run_workload  # noqa: E402
 
@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"the agent did not start: {(work / 'agent.stderr').read_text()}")
                 time.sleep(0.2)
             maps = bpf_hash_maps(agent.pid)
+            verdicts = next(i for i, name in maps.items() if name == "fd_verdicts")
             traffic.start()
             t0 = time.monotonic()
             cpu0 = snapshot(agent.pid, {}).cpu_s
@@ -192,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
                 if agent.poll() is not None:
                     raise RuntimeError(f"the agent exited ({agent.returncode}): {(work / 'agent.stderr').read_text()}")
                 snap = snapshot(agent.pid, maps)
+                dead = entries_of_exited_processes(verdicts)
                 telemetry.read()
                 elapsed = time.monotonic() - t0
                 sample = {
                     "minute": round(elapsed / 60, 2), "rss_kb": snap.rss_kb, "cpu_s": round(snap.cpu_s - cpu0, 2),
-                    "fds": snap.fds, "maps": snap.maps,
+                    "fds": snap.fds, "maps": snap.maps, "fd_verdicts_of_exited": dead,
                     "events": telemetry.get("otel_kafka_ebpf.capture.events"),
                     "lost_events": telemetry.get("otel_kafka_ebpf.capture.lost_events"),
                     "gap_bytes": telemetry.get("otel_kafka_ebpf.capture.gap_bytes"),
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 prev_t = samples[-1]["minute"] * 60 if samples else 0.0
                 sample["cpu_pct"] = round(100 * (sample["cpu_s"] - prev_cpu) / max(1e-9, elapsed - prev_t), 1)
                 samples.append(sample)
-                maps_text = " ".join(f"{k}={v}" for k, v in snap.maps.items())
+                maps_text = " ".join(f"{k}={v}" for k, v in snap.maps.items() if k != "listen_ports") + f" (exited {dead})"
                 print(f"{sample['minute']:>5.1f} {snap.rss_kb / 1024:>7.1f} {sample['cpu_pct']:>6.1f} {snap.fds:>4}  "
                       f"{maps_text:<60} {sample['events']:>9} {sample['lost_events']:>5} {sample['gap_bytes']:>7} "
                       f"{sample['decoder_problems']:>8} {sample['spans_built']:>7} {sample['workload_runs']:>5} "
@@ -240,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "fds_first": first["fds"], "fds_last": last["fds"], "fd_growth": last["fds"] - first["fds"],
         "maps_first": first["maps"], "maps_last": last["maps"],
         "map_growth": {k: last["maps"].get(k, 0) - v for k, v in first["maps"].items()},
+        "fd_verdicts_of_exited_max": max(s["fd_verdicts_of_exited"] for s in samples),
         "cpu_pct_mean": round(100 * last["cpu_s"] / max(1e-9, last["minute"] * 60), 1),
         "lost_events": last["lost_events"], "gap_bytes": last["gap_bytes"],
         "decoder_problems": {k: v for k, v in telemetry.metrics.items() if k.startswith("otel_kafka_ebpf.decoder")},
@@ -251,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak: from minute {first['minute']:.1f} to {summary['minutes']:.1f}: RSS {first['rss_kb'] / 1024:.1f} -> {last['rss_kb'] / 1024:.1f} MB "
           f"({summary['rss_growth_pct']:+.1f} %), fds {first['fds']} -> {last['fds']}, maps "
           + ", ".join(f"{k} {v:+d}" for k, v in summary["map_growth"].items())
-          + f"; CPU {summary['cpu_pct_mean']} % of a core; lost {summary['lost_events']} events, "
+          + f" (fd verdicts of exited processes at most {summary['fd_verdicts_of_exited_max']}; the rest are live "
+          f"processes' on this host); CPU {summary['cpu_pct_mean']} % of a core; lost {summary['lost_events']} events, "
           f"{summary['gap_bytes']} gap bytes; {summary['workload_runs']} runs "
           f"({summary['workload_failures'] or 'no'} failures), {traffic.churned} churned connections", flush=True)
     out = Path(args.out)

@@ -68,6 +68,12 @@ def map_entries(map_id: int) -> int:
     return len(map_dump(map_id))
 
 
+def entries_of_exited_processes(map_id: int) -> int:
+    """Entries of a map keyed by tgid << 32 | fd (fd_verdicts) whose process no longer exists: what would leak."""
+    tgids = [e["formatted"]["key"] >> 32 for e in map_dump(map_id)]
+    return sum(1 for tgid in tgids if not os.path.exists(f"/proc/{tgid}"))
+
+
 def snapshot(pid: int, maps: dict[int, str] | None = None) -> AgentSnapshot:
     """The process's figures now; `maps` (from bpf_hash_maps) saves finding the maps again."""
     maps = bpf_hash_maps(pid) if maps is None else maps

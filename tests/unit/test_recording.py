@@ -3,7 +3,6 @@ was read, and what could be read is still replayed (never anything wrong)."""
 
 import gzip
 import json
-import os
 import stat
 import struct
 import subprocess
@@ -185,7 +184,7 @@ def test_a_flipped_byte_stops_at_its_member_and_keeps_what_came_before(recorded)
     got, reader = _read(path)
     assert got == events[:40]  # the damaged member's events are never handed on, even those that decode
     damage = reader.damage()
-    assert f"corrupt gzip data" in damage and f"in the member from compressed byte {start} of {len(raw)}" in damage, damage
+    assert "corrupt gzip data" in damage and f"in the member from compressed byte {start} of {len(raw)}" in damage, damage
     assert "read 40 events from 41 lines" in damage, damage
 
 
