@@ -69,10 +69,7 @@ class CaptureConfig(_Table):
 
 
 class _Refused(str):
-    """An environment variable's value that has no setting to become: validation says why."""
-
-    def __new__(cls, why: str) -> "_Refused":
-        return super().__new__(cls, why)
+    """Why an environment variable's value has no setting to become; validation says it."""
 
 
 ExporterType = Literal["otlp", "otlp-http", "file", "console", "none"]

@@ -50,6 +50,7 @@ FLUSH_BYTES = 1 << 20  # and whenever this much text is waiting
 MAX_LINE = 256 << 20  # longer is damage (the longest real line, a broker's Metadata as hex, is far shorter)
 MAX_UNVERIFIED = 16 << 20  # text of one gzip member held back until its CRC is checked (older writers: one member)
 _READ = 1 << 16
+_INFLATE = 1 << 20  # text inflated per call at most (a small file may inflate to gigabytes)
 _U64 = (1 << 64) - 1
 _U32 = (1 << 32) - 1
 
@@ -268,8 +269,9 @@ def _gzip_text(raw: IO[bytes]) -> Iterator[bytes]:
     d = None
     held = bytearray()
     data = b""
+    full = False  # the last call filled its output: zlib may hold more for the input it took
     while True:
-        if not data:
+        if not data and not full:
             try:
                 data = raw.read(_READ)
             except OSError as exc:
@@ -285,9 +287,10 @@ def _gzip_text(raw: IO[bytes]) -> Iterator[bytes]:
             d = zlib.decompressobj(16 + zlib.MAX_WBITS)
             member_start = pos
         try:
-            out = d.decompress(data, _READ * 16)
+            out = d.decompress(data, _INFLATE)
         except zlib.error as exc:
             raise _StreamDamage(_zlib_problem(exc), member_start) from None
+        full = len(out) == _INFLATE and not d.eof
         rest = d.unused_data if d.eof else d.unconsumed_tail
         pos += len(data) - len(rest)
         data = rest

@@ -39,15 +39,13 @@ def _agent(port: int, *args: str) -> TraceCLI:
     return TraceCLI("--kafka-port", str(port), "--ports-only", *args)
 
 
-def _records(*truths: GroundTruth) -> dict[tuple[str, int, int], int]:
-    """(topic, partition, offset) -> timestamp_ms of what the clients were acknowledged or read."""
-    out = {}
+def _records(*truths: GroundTruth) -> dict[tuple[str, int, int], set[int]]:
+    """(topic, partition, offset) -> timestamps (ms) of what the clients were acknowledged or read there."""
+    out: dict[tuple[str, int, int], set[int]] = {}
     for gt in truths:
-        for r in gt.produced:
+        for r in [*gt.produced, *gt.consumed]:
             if r.offset is not None:
-                out[(r.topic, r.partition, r.offset)] = r.timestamp_ms
-        for r in gt.consumed:
-            out[(r.topic, r.partition, r.offset)] = r.timestamp_ms
+                out.setdefault((r.topic, r.partition, r.offset), set()).add(r.timestamp_ms)
     return out
 
 
