@@ -19,7 +19,6 @@ was skipped or lost is in `RecordingReader.damage()`, one line for the user.
 from __future__ import annotations
 
 import base64
-import binascii
 import gzip
 import json
 import os
@@ -190,7 +189,7 @@ def _decode(obj) -> StreamEvent:
         offset = _int(obj, "o")
         try:
             data = base64.b64decode(_str(obj, "b", MAX_LINE), validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or characters that are not ASCII
             raise BadLine("'b' is not valid base64") from None
         if offset + len(data) > _U64:
             raise BadLine("'o' plus the data's length is beyond a stream's end")

@@ -121,6 +121,7 @@ BAD_LINES = {
     "timestamp a string": (_line(DATA, ts="abc"), "'ts' is not an integer"),
     "no timestamp": (_line(CLOSE, ts=DROP), "no 'ts'"),
     "bad base64": (_line(DATA, b="!!!!"), "not valid base64"),
+    "base64 with non-ASCII": (_line(DATA, b="\u0080AA="), "not valid base64"),
     "base64 a number": (_line(DATA, b=5), "'b' is not a string"),
     "unknown direction": (_line(DATA, d=2), "not a known Direction"),
     "frame start 2": (_line(DATA, fs=2), "'fs' is not 0 or 1"),
