@@ -186,9 +186,9 @@ def _decode(obj) -> StreamEvent:
         raise BadLine("not a JSON object")
     t = obj.get("t")
     if t == "data":
-        offset = _int(obj, "o")
+        offset, text = _int(obj, "o"), _str(obj, "b", MAX_LINE)
         try:
-            data = base64.b64decode(_str(obj, "b", MAX_LINE), validate=True)
+            data = base64.b64decode(text, validate=True)
         except ValueError:  # binascii.Error, or characters that are not ASCII
             raise BadLine("'b' is not valid base64") from None
         if offset + len(data) > _U64:
