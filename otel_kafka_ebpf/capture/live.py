@@ -18,6 +18,7 @@ from .streams import StreamEvent
 
 DRAIN_S = 2.0  # by default, at most this long to drain the ring buffer after a stop
 SWEEP_S = 10.0  # how often the kernel's fd verdicts of exited processes are dropped
+SWEEP_SHARE = 0.01  # and never more of the time than this (a host with many processes has many verdicts)
 
 
 def forget_exited_fds(fd_verdicts: int) -> int:
@@ -94,8 +95,10 @@ class LiveCapture:
                     while exited:
                         prog.forget_process(exited.pop())
                     if time.monotonic() >= next_sweep:
-                        next_sweep = time.monotonic() + SWEEP_S
+                        began = time.monotonic()
                         forget_exited_fds(prog._maps["fd_verdicts"])  # the loader's map; the sweep is the reader's
+                        took = time.monotonic() - began
+                        next_sweep = began + max(SWEEP_S, took / SWEEP_SHARE)
                 # After a stop, what the kernel already wrote is still decoded, for at most drain_s:
                 # the traffic may not stop, and Ctrl-C must not wait for a slow consumer.
                 drain_until = time.monotonic() + self.drain_s
