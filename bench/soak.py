@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "map_growth": {k: last["maps"].get(k, 0) - v for k, v in first["maps"].items()},
         "fd_verdicts_of_exited_max": max(s["fd_verdicts_of_exited"] for s in samples),
         "cpu_pct_mean": round(100 * last["cpu_s"] / max(1e-9, last["minute"] * 60), 1),
+        "cpu_pct_first": first["cpu_pct"], "cpu_pct_last": last["cpu_pct"],
         "lost_events": last["lost_events"], "gap_bytes": last["gap_bytes"],
         "decoder_problems": {k: v for k, v in telemetry.metrics.items() if k.startswith("otel_kafka_ebpf.decoder")},
         "events": last["events"], "spans_built": last["spans_built"], "workload_runs": dict(traffic.runs),
@@ -255,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({summary['rss_growth_pct']:+.1f} %), fds {first['fds']} -> {last['fds']}, maps "
           + ", ".join(f"{k} {v:+d}" for k, v in summary["map_growth"].items())
           + f" (fd verdicts of exited processes at most {summary['fd_verdicts_of_exited_max']}; the rest are live "
-          f"processes' on this host); CPU {summary['cpu_pct_mean']} % of a core; lost {summary['lost_events']} events, "
+          f"processes' on this host); CPU {first['cpu_pct']} -> {last['cpu_pct']} % of a core (mean "
+          f"{summary['cpu_pct_mean']} %); lost {summary['lost_events']} events, "
           f"{summary['gap_bytes']} gap bytes; {summary['workload_runs']} runs "
           f"({summary['workload_failures'] or 'no'} failures), {traffic.churned} churned connections", flush=True)
     out = Path(args.out)
