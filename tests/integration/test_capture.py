@@ -170,8 +170,12 @@ def _decoded_after_loss_is_right(capture: BackgroundCapture, gt) -> None:
     truth = {(r.partition, r.offset): r.key for r in gt.produced}
     first_gap_ns = min(e.ts_ns for e in capture.events if isinstance(e, StreamGap) and e.length)
     checked = after_gap = 0
-    for pair in KafkaStreamDecoder().feed_all(capture.events):
+    decoder = KafkaStreamDecoder()
+    for pair in decoder.feed_all(capture.events):
         if pair.api_key != PRODUCE or pair.response is None or pair.request is None:
+            continue
+        conn = decoder.opened.get(pair.conn_id)
+        if conn is None or conn.pid != gt.pid:  # another producer on the machine (same keys k0, k1, ...)
             continue
         bases = {r.partition: r.base_offset for r in pair.response.partitions}
         for part in pair.request.partitions:
