@@ -26,6 +26,8 @@ help:
 	@echo "make demo    - set up, start a local Kafka, demo clients and the agent (Ctrl-C stops all)"
 	@echo "make test    - set up and run the whole test suite"
 	@echo "make bpf     - build the CO-RE BPF objects"
+	@echo "make bench   - benchmarks (figures and ratios in bench/results)"
+	@echo "make soak    - an hour of steady traffic under the agent: RSS, CPU, fds, maps, loss (SOAK_ARGS=--minutes N)"
 	@echo "make kafka-up / kafka-down - start / stop a local single-node Kafka on 127.0.0.1:9092"
 	@echo "               (KAFKA_BROKERS=3: a 3-broker KRaft cluster on 9092-9094)"
 

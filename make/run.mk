@@ -14,3 +14,9 @@ demo: setup
 .PHONY: bench
 bench: setup
 	$(Q)cd $(ROOT) && for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+
+# An hour of steady mixed traffic with connection churn under `run` (not part of `make test`);
+# SOAK_ARGS="--minutes 10" for a shorter one.
+.PHONY: soak
+soak: setup
+	$(Q)cd $(ROOT) && $(PY) bench/soak.py $(SOAK_ARGS)

@@ -17,7 +17,8 @@ from .sinks.metrics import LagMetricsSink
 from .sinks.resources import ResourceCatalog
 from .sinks.spans import SpanBuilder, SpanSink
 
-_DECODER_PROBLEMS = ("malformed", "truncated", "lost_responses", "unmatched", "pending_overflow", "bad_sizes")
+_DECODER_PROBLEMS = ("malformed", "truncated", "lost_responses", "unmatched", "ambiguous", "pending_overflow",
+                     "bad_sizes")
 
 
 class Agent:

@@ -1,25 +1,55 @@
 """`otel-kafka-ebpf`: doctor, record, replay, trace, run.
 
-Every failure a user can cause or meet (bad config, missing privilege, missing kernel feature,
-unreadable recording) ends as one line on stderr and a non-zero exit, never a traceback.
+Every failure a user can cause or meet (a bad flag, setting or environment variable, a missing
+privilege or kernel feature, an unreadable recording) ends as one line on stderr and a non-zero
+exit, never a traceback. Exit codes: 0 done; 1 an error (the line says which); 2 a command line
+not understood; 3 `replay` of a damaged recording (everything readable was replayed; the line says
+where the damage is); 70 an internal error (one line; `--debug` shows the traceback); 130
+interrupted before the capture started.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import signal
 import sys
 from typing import Iterator, Sequence
 
 from . import __version__
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DAMAGED, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 70, 130
 
 
 def _die(msg: str, code: int = EXIT_ERROR) -> int:
     print(f"otel-kafka-ebpf: {msg}", file=sys.stderr)
     return code
+
+
+class _Parser(argparse.ArgumentParser):
+    """A command line it does not understand is one line (argparse prints the whole usage)."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]
+        self.exit(EXIT_USAGE, f"otel-kafka-ebpf: {command + ': ' if command else ''}{message} "
+                              f"(see `{self.prog} --help`)\n")
+
+
+def _above_zero(what: str):
+    """An argument type: a finite number above zero (`what` names it in the error)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} above 0")
+        return value
+    return parse
+
+
+_seconds = _above_zero("a number of seconds")
 
 
 def _add_capture_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,7 +72,7 @@ def _add_capture_arguments(p: argparse.ArgumentParser) -> None:
                         "(record headers such as traceparent; message contents too) - default 0")
     g.add_argument("--frame-budget", type=int, help="bytes copied per Kafka frame without a digest (default 1 MiB)")
     g.add_argument("--ringbuf-mb", type=int, help="ring buffer size in MiB (default 16 digest, 64 full)")
-    g.add_argument("--duration", type=float, help="stop after this many seconds")
+    g.add_argument("--duration", type=_seconds, help="stop after this many seconds")
 
 
 def _add_export_arguments(p: argparse.ArgumentParser, *, replay: bool = False) -> None:
@@ -182,6 +212,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     live = _live(args, cfg, on_ready=lambda: print(f"otel-kafka-ebpf: recording to {args.out} (Ctrl-C stops)",
                                                   file=sys.stderr, flush=True))
     writer = _recording_writer(args.out)
+    live.on_poll = writer.flush_if_due  # a quiet capture is on disk within a second too
     with writer, _stop_on_signals(live):
         for event in _with_identities(live, writer):
             writer.write(event)
@@ -190,13 +221,22 @@ def cmd_record(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _damage(reader) -> int:
+    """The exit status of a replay: a damaged recording is said in one line once all it held was replayed."""
+    damage = reader.damage()
+    if damage is None:
+        return EXIT_OK
+    print(f"otel-kafka-ebpf: warning: {damage}", file=sys.stderr)
+    return EXIT_DAMAGED
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .capture.recording import read_header, read_recording
+    from .capture.recording import read_recording
     from .identity import ProcessDirectory
     from .pipeline import run_trace
 
-    read_header(args.file)  # a bad file fails here with one line, before any output
-    if args.exporter or getattr(args, "config", None):
+    reader = read_recording(args.file)  # a file that is no recording fails here with one line, before any output
+    if args.exporter or args.endpoint or getattr(args, "config", None):  # an endpoint is not silently ignored
         from .agent import Agent
 
         cfg = _load(args)
@@ -204,13 +244,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
             cfg.exporter.type = "console"
         agent = Agent(cfg, live=False)
         try:
-            agent.run(read_recording(args.file))
+            agent.run(reader)
         finally:
             agent.close()
         print(f"otel-kafka-ebpf: {agent.summary()}", file=sys.stderr)
-        return EXIT_OK
-    return run_trace(read_recording(args.file), args, sys.stdout, processes=ProcessDirectory(read_proc=False),
-                     broker_traffic=bool(args.broker_traffic))
+        return _damage(reader)
+    status = run_trace(reader, args, sys.stdout, processes=ProcessDirectory(read_proc=False),
+                       broker_traffic=bool(args.broker_traffic))
+    return status or _damage(reader)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
@@ -236,12 +277,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"otel-kafka-ebpf: exporting Kafka spans and metrics to {agent.destination} (Ctrl-C stops)",
         file=sys.stderr, flush=True))
     writer = _recording_writer(args.record) if args.record else None
-    agent = Agent(cfg, live=True, on_annotation=writer.write if writer else None,
-                  capture_counters=live.current_counters)
+    try:
+        agent = Agent(cfg, live=True, on_annotation=writer.write if writer else None,
+                      capture_counters=live.current_counters)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
     next_status = [time.monotonic() + args.status_interval] if args.status_interval else None
 
     def on_poll() -> None:
         agent.pipeline.tick()
+        if writer is not None:
+            writer.flush_if_due()
         if next_status and time.monotonic() >= next_status[0]:
             next_status[0] += args.status_interval
             print(f"otel-kafka-ebpf: {agent.summary()}", file=sys.stderr, flush=True)
@@ -287,21 +335,20 @@ def cmd_top(args: argparse.Namespace) -> int:
     cfg = _load(args)
     cfg.exporter.type = "none"
     if args.replay:
-        from .capture.recording import read_header, read_recording
+        from .capture.recording import read_recording
 
-        read_header(args.replay)
+        events = read_recording(args.replay)  # a file that is no recording fails here, before any output
         agent = Agent(cfg, live=False)
         view = TopView(agent.metrics, agent.resources, sys.stdout, clear=sys.stdout.isatty() and not args.once,
                        refresh_ns=None if args.once else 1_000_000_000)
         agent.pipeline.add_sink(view)
-        events = read_recording(args.replay)
         try:
             agent.run(events if args.once else _paced(events, args.speed))
         finally:
             agent.close(timeout_s=0.5)
         if args.once:
             sys.stdout.write(view.render(agent.pipeline.now_ns))
-        return EXIT_OK
+        return _damage(events)
     live = _live(args, cfg)
     agent = Agent(cfg, live=True, capture_counters=live.current_counters)
     agent.pipeline.add_sink(TopView(agent.metrics, agent.resources, sys.stdout, clear=sys.stdout.isatty()))
@@ -317,9 +364,9 @@ def cmd_top(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .sinks.pairs import add_trace_arguments
 
-    parser = argparse.ArgumentParser(prog="otel-kafka-ebpf",
-                                     description="Kafka client latency and lag from eBPF, over OpenTelemetry.")
+    parser = _Parser(prog="otel-kafka-ebpf", description="Kafka client latency and lag from eBPF, over OpenTelemetry.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an internal error, show its traceback")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("doctor", help="check that this host can run the agent")
@@ -348,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("top", help="live table of consumers (lag, rates, latency, status) and producers")
     _add_capture_arguments(p)
     p.add_argument("--replay", metavar="FILE", help="show a recording instead of live traffic")
-    p.add_argument("--speed", type=float, default=1.0, help="--replay: how many times faster than captured")
+    p.add_argument("--speed", type=_above_zero("a speed factor"), default=1.0,
+                   help="--replay: how many times faster than captured")
     p.add_argument("--once", action="store_true", help="--replay: print only the table at the end")
     p.set_defaults(func=cmd_top)
 
@@ -360,9 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never ask a broker for Metadata (cluster and topic names then wait for the clients')")
     p.add_argument("--broker-traffic", action="store_true", default=None,
                    help="also report brokers' own connections (controller, replication)")
-    p.add_argument("--status-interval", type=float, default=0, metavar="S",
+    p.add_argument("--status-interval", type=_seconds, default=0, metavar="S",
                    help="print a one-line summary every S seconds")
     p.set_defaults(func=cmd_run)
+    for p in sub.choices.values():  # also after the command: `otel-kafka-ebpf trace --debug`
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -384,9 +434,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CaptureError, RecordingError, LibbpfError, _UserError) as exc:
         return _die(str(exc))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except PermissionError as exc:
         return _die(f"{exc.filename or ''}: permission denied; run as root or see `otel-kafka-ebpf doctor`")
+    except OSError as exc:  # the machine's answer to a file or device the user named (disk full, no such dir)
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _die(f"{where}{exc.strerror or exc}")
+    except Exception as exc:  # a bug, not the user's input: one line, the traceback on request
+        if args.debug:
+            raise
+        return _die(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                    EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

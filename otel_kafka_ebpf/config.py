@@ -23,8 +23,21 @@ class ConfigError(Exception):
     """A setting the agent cannot use; str() is one line for the user."""
 
 
+PID_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT
+_NUMBERS = (int, float, float | None, list[int])
+
+
 class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, v: Any, info) -> Any:
+        """TOML's true is not the number 1 (pydantic would take it as one)."""
+        if cls.model_fields[info.field_name].annotation in _NUMBERS and (
+                isinstance(v, bool) or (isinstance(v, list) and any(isinstance(x, bool) for x in v))):
+            raise ValueError("Input should be a number, not true or false")
+        return v
 
 
 class CaptureConfig(_Table):
@@ -53,10 +66,14 @@ class CaptureConfig(_Table):
     @field_validator("pids")
     @classmethod
     def _pids(cls, v: list[int]) -> list[int]:
-        bad = [p for p in v if p <= 0]
+        bad = [p for p in v if not 0 < p <= PID_MAX]
         if bad:
             raise ValueError(f"not a process id: {bad[0]}")
         return v
+
+
+class _Refused(str):
+    """Why an environment variable's value has no setting to become; validation says it."""
 
 
 ExporterType = Literal["otlp", "otlp-http", "file", "console", "none"]
@@ -69,6 +86,8 @@ class ExporterConfig(_Table):
     @field_validator("type", mode="before")
     @classmethod
     def _type(cls, v: Any) -> Any:
+        if isinstance(v, _Refused):
+            raise ValueError(str(v))
         if v not in EXPORTER_TYPES:
             raise ValueError(f"{v!r} is not one of {', '.join(EXPORTER_TYPES)} (OTLP protocols: grpc, http/protobuf)")
         return v
@@ -96,7 +115,12 @@ class ExporterConfig(_Table):
         if v is None or not v.strip():
             return None
         v = v.strip()
-        target = urlsplit(v if "://" in v else "//" + v)
+        if any(c.isspace() or not c.isprintable() for c in v):
+            raise ValueError(f"{v!r}: spaces or control characters in an endpoint")
+        try:
+            target = urlsplit(v if "://" in v else "//" + v)
+        except ValueError as exc:
+            raise ValueError(f"{v!r}: {exc}") from None
         if "://" in v and target.scheme not in ("http", "https", "unix"):
             raise ValueError(f"{v!r}: scheme must be http or https")
         try:
@@ -111,7 +135,7 @@ class ExporterConfig(_Table):
     @classmethod
     def _readable(cls, v: str | None) -> str | None:
         if v and not os.path.isfile(v):
-            raise ValueError(f"{v}: no such file")
+            raise ValueError(f"{v}: {'not a file' if os.path.exists(v) else 'no such file'}")
         return v
 
     @model_validator(mode="after")
@@ -144,6 +168,8 @@ class SpansConfig(_Table):
     def _ratio(cls, v: Any) -> Any:
         if v is None or (isinstance(v, str) and not v.strip()):
             return None
+        if isinstance(v, bool):
+            raise ValueError(f"{v!r} is not a number between 0 and 1")
         try:
             f = float(v)
         except (TypeError, ValueError):
@@ -232,18 +258,24 @@ def _otel_env(env: dict[str, str], origins: dict[tuple[str, str], str]) -> dict[
         v = env.get(name)
         return v if v is not None and v.strip() != "" else None
 
-    protocol = get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or get("OTEL_EXPORTER_OTLP_PROTOCOL")
-    if protocol is not None:
-        exp["type"] = {"grpc": "otlp", "http/protobuf": "otlp-http"}.get(protocol.strip(), f"protocol {protocol}")
+    type_var = None
+    for var in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = get(var)
+        if protocol is not None:
+            type_var = var
+            exp["type"] = {"grpc": "otlp", "http/protobuf": "otlp-http"}.get(protocol.strip()) or _Refused(
+                f"{protocol.strip()!r} is not a protocol this agent speaks (OTLP protocols: grpc, http/protobuf)")
+            break
     traces_exporter = get("OTEL_TRACES_EXPORTER")
     if traces_exporter is not None:
         first = traces_exporter.split(",")[0].strip()
         if first == "none":
             spans["enabled"] = False
         elif first == "console":
-            exp["type"] = "console"
+            exp["type"], type_var = "console", "OTEL_TRACES_EXPORTER"
         elif first != "otlp":
-            exp["type"] = f"exporter {first}"
+            exp["type"], type_var = _Refused(f"{first!r} is not an exporter this agent has (otlp, console or none)"), \
+                "OTEL_TRACES_EXPORTER"
     for var, key in _OTEL_EXPORTER_VARS:
         v = get(var)
         if v is not None:
@@ -264,7 +296,7 @@ def _otel_env(env: dict[str, str], origins: dict[tuple[str, str], str]) -> dict[
         agent["service_name"] = env["OTEL_SERVICE_NAME"]
     if get("OTEL_RESOURCE_ATTRIBUTES") is not None:
         agent["resource_attributes"] = ("OTEL_RESOURCE_ATTRIBUTES", env["OTEL_RESOURCE_ATTRIBUTES"])
-    names = {("exporter", "type"): "OTEL_EXPORTER_OTLP_PROTOCOL/OTEL_TRACES_EXPORTER",
+    names = {("exporter", "type"): type_var,
              ("exporter", "timeout_s"): "OTEL_EXPORTER_OTLP_TIMEOUT", ("spans", "sampler"): "OTEL_TRACES_SAMPLER",
              ("spans", "sampler_arg"): "OTEL_TRACES_SAMPLER_ARG", ("spans", "enabled"): "OTEL_TRACES_EXPORTER",
              ("metrics", "export_interval_ms"): "OTEL_METRIC_EXPORT_INTERVAL",
@@ -283,7 +315,7 @@ def _oke_env(env: dict[str, str], origins: dict[tuple[str, str], str]) -> dict[s
         for name in model.model_fields:
             var = f"OKE_{table.upper()}_{name.upper()}"
             raw = env.get(var)
-            if raw is None:
+            if raw is None or not raw.strip():  # empty is unset, as for the OTEL_ variables
                 continue
             origins[(table, name)] = var
             if name in _LIST_FIELDS:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Callable, TextIO
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 19, 21, 38, 39
+CAPTURE_CAPS = {"CAP_BPF": CAP_BPF, "CAP_PERFMON": CAP_PERFMON}  # load and attach tracing programs (Linux 5.8+)
 
 # bpf(2) commands and map types used by the probes below (uapi/linux/bpf.h).
 BPF_MAP_CREATE = 0
@@ -37,15 +38,47 @@ def _effective_caps() -> int:
     return 0
 
 
+def _has(caps: int, cap: int) -> bool:
+    return bool(caps >> cap & 1)
+
+
 def check_privileges() -> Check:
     caps = _effective_caps()
-    has = lambda c: bool(caps >> c & 1)  # noqa: E731
-    if has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON)):
-        who = "root" if os.geteuid() == 0 else "capabilities"
-        return Check("privileges", True, f"{who}: CAP_SYS_ADMIN or CAP_BPF+CAP_PERFMON present")
-    return Check("privileges", False, "missing CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
-                 "run as root, or grant them: setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep on the interpreter, "
-                 "or in Kubernetes add them to securityContext.capabilities")
+    if _has(caps, CAP_SYS_ADMIN):
+        return Check("privileges", True, "root" if os.geteuid() == 0 else "CAP_SYS_ADMIN present")
+    missing = [name for name, cap in CAPTURE_CAPS.items() if not _has(caps, cap)]
+    if not missing:
+        return Check("privileges", True, "CAP_BPF and CAP_PERFMON present")
+    present = [name for name in CAPTURE_CAPS if name not in missing]
+    return Check("privileges", False,
+                 f"missing {' and '.join(missing)}" + (f" ({present[0]} is present)" if present else "")
+                 + ": both are needed to load the capture",
+                 "run as root, or grant both: `setcap cap_bpf,cap_perfmon+ep` on the Python interpreter, or in "
+                 "Kubernetes securityContext.capabilities.add: [BPF, PERFMON]")
+
+
+def check_process_details() -> Check:
+    """Optional: what `run` reads of other processes beyond the capture (it works without, with less)."""
+    caps = _effective_caps()
+    lacking = []
+    if not _has(caps, CAP_SYS_PTRACE):
+        lacking.append("CAP_SYS_PTRACE: other users' process environments (OTEL_SERVICE_NAME, "
+                       "OTEL_RESOURCE_ATTRIBUTES) are unreadable, their services are named after their programs")
+    if not _has(caps, CAP_SYS_ADMIN):
+        lacking.append("CAP_SYS_ADMIN: no Metadata lookups from other network namespaces (names wait for the "
+                       "clients' own Metadata)")
+    if not lacking:
+        return Check("process details", True, "process environments and network namespaces readable",
+                     required=False)
+    return Check("process details", False, "without " + "; without ".join(lacking), required=False)
+
+
+def _permission(err: int) -> bool:
+    return err in (errno.EPERM, errno.EACCES)
+
+
+_PERMISSION_FIX = ("a permission problem, not the kernel: see the privileges line (in a container, a seccomp profile "
+                   "may also refuse bpf())")
 
 
 def check_btf() -> Check:
@@ -73,7 +106,7 @@ def check_bpf_syscall() -> Check:
         os.close(fd)
         return Check("bpf syscall", True, "bpf(BPF_MAP_CREATE) works")
     why = os.strerror(err)
-    fix = "run as root or with CAP_BPF" if err == errno.EPERM else "enable CONFIG_BPF_SYSCALL in the kernel"
+    fix = _PERMISSION_FIX if _permission(err) else "enable CONFIG_BPF_SYSCALL in the kernel"
     return Check("bpf syscall", False, f"bpf(BPF_MAP_CREATE) failed: {why}", fix)
 
 
@@ -82,8 +115,13 @@ def check_ringbuf() -> Check:
     if fd >= 0:
         os.close(fd)
         return Check("ring buffer maps", True, "BPF_MAP_TYPE_RINGBUF available")
-    return Check("ring buffer maps", False, f"cannot create a BPF ring buffer: {os.strerror(err)}",
-                 "the agent needs Linux 5.8 or later")
+    if _permission(err):
+        fix = _PERMISSION_FIX
+    elif err == errno.EINVAL:  # the map type is unknown to this kernel
+        fix = "the agent needs Linux 5.8 or later"
+    else:
+        fix = ""
+    return Check("ring buffer maps", False, f"cannot create a BPF ring buffer: {os.strerror(err)}", fix)
 
 
 def find_tracefs() -> str | None:
@@ -147,7 +185,7 @@ def check_bpf_objects() -> Check:
 
 CHECKS: tuple[Callable[[], Check], ...] = (
     check_privileges, check_btf, check_kernel_version, check_bpf_syscall, check_ringbuf,
-    check_syscall_tracepoints, check_uprobes, check_libbpf, check_bpf_objects,
+    check_syscall_tracepoints, check_uprobes, check_libbpf, check_bpf_objects, check_process_details,
 )
 
 

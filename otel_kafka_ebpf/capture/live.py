@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import threading
 import time
 from collections import deque
@@ -9,11 +11,30 @@ from collections.abc import Iterator
 from typing import Callable
 
 from .events import ExitEvent
+from .libbpf import map_delete, map_keys
 from .loader import POLL_BATCH, CaptureProgram, CaptureSettings
 from .reassembly import StreamAssembler
 from .streams import StreamEvent
 
 DRAIN_S = 2.0  # by default, at most this long to drain the ring buffer after a stop
+SWEEP_S = 10.0  # how often the kernel's fd verdicts of exited processes are dropped
+SWEEP_SHARE = 0.01  # and never more of the time than this (a host with many processes has many verdicts)
+
+
+def forget_exited_fds(fd_verdicts: int) -> int:
+    """Drop the kernel's per-fd verdicts ("not a socket", "not Kafka") of processes that no longer exist; returns
+    how many. The kernel keys them by (tgid, fd) and a process that exits closes its fds without close(): left
+    alone they would fill the map with every process the host ever ran, and a new process given a reused pid would
+    inherit them."""
+    alive: dict[int, bool] = {}
+    removed = 0
+    for key in list(map_keys(fd_verdicts, ctypes.c_uint64)):
+        tgid = key.value >> 32
+        if tgid not in alive:
+            alive[tgid] = os.path.exists(f"/proc/{tgid}")
+        if not alive[tgid]:
+            removed += map_delete(fd_verdicts, key)
+    return removed
 
 
 class LiveCapture:
@@ -58,6 +79,7 @@ class LiveCapture:
         def on_data_record(raw: bytes) -> None:
             pending.extend(self.assembler.feed_data_record(raw))
 
+        next_sweep = time.monotonic() + SWEEP_S
         with CaptureProgram(self.settings, on_event, on_data_record) as prog:
             self.program = prog
             if self.on_ready:
@@ -74,6 +96,11 @@ class LiveCapture:
                         self.on_poll()
                     while exited:
                         prog.forget_process(exited.pop())
+                    if time.monotonic() >= next_sweep:
+                        began = time.monotonic()
+                        forget_exited_fds(prog._maps["fd_verdicts"])  # the loader's map; the sweep is the reader's
+                        took = time.monotonic() - began
+                        next_sweep = began + max(SWEEP_S, took / SWEEP_SHARE)
                 # After a stop, what the kernel already wrote is still decoded, for at most drain_s:
                 # the traffic may not stop, and Ctrl-C must not wait for a slow consumer.
                 drain_until = time.monotonic() + self.drain_s

@@ -2,15 +2,16 @@
 
 Sans-IO like h11: feed the bytes and gaps of each direction, pull events with `next_event()`
 until it returns `NEED_DATA`. Kafka answers the requests of one connection in order, so a response
-for correlation id N also tells which earlier requests lost their response in a gap. Nothing read
-from the stream raises out of here; problems are counted in `stats`.
+for correlation id N also tells which earlier requests lost their response in a gap, and requests
+that reuse an id (a client may) are answered in the order they were sent. Nothing read from the
+stream raises out of here; problems are counted in `stats`.
 """
 
 from __future__ import annotations
 
 import re
 import struct
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -62,16 +63,17 @@ class KafkaPair(NamedTuple):
 
 
 class _Pending:
-    __slots__ = ("header", "request", "ts_ns", "end_ts_ns", "error", "fetch_offsets")
+    __slots__ = ("header", "request", "ts_ns", "end_ts_ns", "error", "fetch_offsets", "request_gaps")
 
     def __init__(self, header: RequestHeader, request, ts_ns: int, end_ts_ns: int | None, error: str | None,
-                 fetch_offsets: dict | None = None) -> None:
+                 fetch_offsets: dict | None = None, request_gaps: int = 0) -> None:
         self.header = header
         self.request = request
         self.ts_ns = ts_ns
         self.end_ts_ns = end_ts_ns  # None when the request's end was not captured
         self.error = error
         self.fetch_offsets = fetch_offsets  # Fetch: the session's offsets as of this request
+        self.request_gaps = request_gaps  # request-direction gaps before it (on its connection)
 
 
 _REQ_PREFIX = struct.Struct(">ihhih")  # size, api_key, api_version, correlation_id, client id length
@@ -170,7 +172,7 @@ class _ResponseValidator:
     def find(self, buf: bytes, start: int) -> int:
         n = len(buf)
         best = max(start, n - self.window + 1)
-        for corr in self.conn.pending:
+        for corr in self.conn.pending_ids:
             idx = buf.find(_i(corr), start + 4, best + 8)
             if idx >= 0 and idx - 4 < best:
                 best = idx - 4
@@ -180,7 +182,7 @@ class _ResponseValidator:
         if len(buf) - p < self.window:
             return NEED_MORE
         size, corr = _RESP_PREFIX.unpack_from(buf, p)
-        pending = self.conn.pending.get(corr)
+        pending = self.conn.first_pending(corr)
         if pending is None or size < 4 or size > MAX_FRAME:
             return REJECT
         if len(buf) - p - 4 < size:
@@ -205,26 +207,33 @@ class _ResponseValidator:
         if not 4 <= size <= MAX_FRAME:
             return REJECT
         later = False
-        for pending_corr in self.conn.pending:
+        for pending in self.conn.pending:
+            pending_corr = pending.header.correlation_id
+            if later and pending_corr == next_corr:
+                return ACCEPT
             if pending_corr == corr:
                 later = True
-            elif later and pending_corr == next_corr:
-                return ACCEPT
         return REJECT
 
 
 class KafkaConnection:
     """Decoder state of one TCP connection; the traced process is the client unless role says so."""
 
-    __slots__ = ("conn_id", "role", "requests", "responses", "pending", "seen_versions", "client_id",
-                 "client_id_bytes", "last_correlation_id", "fetch_session", "stats", "_events", "_early")
+    __slots__ = ("conn_id", "role", "requests", "responses", "pending", "pending_ids", "ambiguous_ids",
+                 "request_gaps", "seen_versions", "client_id", "client_id_bytes", "last_correlation_id",
+                 "fetch_session", "stats", "_events", "_early")
 
     def __init__(self, conn_id: int, role: Role = Role.CLIENT, stats: Counter | None = None) -> None:
         self.conn_id = conn_id
         self.role = role
         self.requests = FrameSplitter(_RequestValidator(self))
         self.responses = FrameSplitter(_ResponseValidator(self))
-        self.pending: OrderedDict[int, _Pending] = OrderedDict()
+        self.pending: deque[_Pending] = deque()  # requests awaiting their responses, in the order sent
+        self.pending_ids: Counter = Counter()  # correlation id -> how many of them are pending
+        # Reused ids whose pending requests a response can no longer be told apart for: a gap may hide a
+        # response (or a request) with the same id. Their responses are not paired (null, never wrong).
+        self.ambiguous_ids: set[int] = set()
+        self.request_gaps = 0
         self.seen_versions: set[tuple[int, int]] = set()
         self.client_id: str | None = None
         self.client_id_bytes: bytes | None = None
@@ -242,9 +251,12 @@ class KafkaConnection:
     def feed_data(self, direction: Direction, offset: int, data, ts_ns: int, frame_start: bool = False,
                   last_ts_ns: int | None = None, skips: tuple = ()) -> None:
         splitter, is_request = self._splitter(direction)
+        gap_bytes = splitter.gap_bytes
         splitter.feed_data(offset, data, ts_ns, frame_start, last_ts_ns, skips)
         if skips:
             self.stats["skipped_on_purpose_bytes"] += sum(n for _, n in skips)
+        if splitter.gap_bytes != gap_bytes:  # the offset jumped: a gap no event announced
+            self._after_gap(is_request)
         self._pull(splitter, is_request)
 
     def feed_gap(self, direction: Direction, offset: int, length: int, ts_ns: int,
@@ -258,9 +270,15 @@ class KafkaConnection:
         else:
             splitter.feed_gap(offset, length, ts_ns)
         self.stats["gap_bytes"] += length
-        if is_request:
-            self.fetch_session.invalidate()  # a lost incremental request would leave stale offsets
+        self._after_gap(is_request)
         self._pull(splitter, is_request)
+
+    def _after_gap(self, is_request: bool) -> None:
+        if is_request:
+            self.request_gaps += 1
+            self.fetch_session.invalidate()  # a lost incremental request would leave stale offsets
+        else:  # the gap may hold the response to any pending request: where ids repeat, which one is unknown
+            self.ambiguous_ids.update(corr for corr, n in self.pending_ids.items() if n > 1)
 
     def close(self, ts_ns: int, unanswered: str = LOST) -> None:
         """The connection ended (or the input did: `unanswered` IN_FLIGHT): frames cut off by the end are
@@ -268,9 +286,11 @@ class KafkaConnection:
         for splitter, is_request in ((self.responses, False), (self.requests, True)):
             splitter.end()
             self._pull(splitter, is_request)
-        for pending in self.pending.values():
+        for pending in self.pending:
             self._emit_unanswered(pending, unanswered)
         self.pending.clear()
+        self.pending_ids.clear()
+        self.ambiguous_ids.clear()
         if self._early:
             self.stats["unmatched_responses"] += len(self._early)
             self._early.clear()
@@ -364,32 +384,57 @@ class KafkaConnection:
     def _add_pending(self, header: RequestHeader, request, ts_ns: int, end_ts_ns: int | None, error: str | None,
                      fetch_offsets: dict | None = None) -> None:
         pending = self.pending
-        if header.correlation_id in pending:  # a reused id: the older one will never be answered
-            self._emit_unanswered(pending.pop(header.correlation_id), LOST)
-        pending[header.correlation_id] = _Pending(header, request, ts_ns, end_ts_ns, error, fetch_offsets)
+        corr = header.correlation_id
+        if corr in self.pending_ids and self.first_pending(corr).request_gaps != self.request_gaps:
+            self.ambiguous_ids.add(corr)  # a request gap since the pending one may hide a third with this id
+        pending.append(_Pending(header, request, ts_ns, end_ts_ns, error, fetch_offsets, self.request_gaps))
+        self.pending_ids[corr] += 1
         if len(pending) > MAX_PENDING:
-            _, oldest = pending.popitem(last=False)
             self.stats["pending_overflow"] += 1
-            self._emit_unanswered(oldest, LOST)
+            self._emit_unanswered(self._pop_oldest(), LOST)
         if self._early:
-            for i, (corr, frame) in enumerate(self._early):
-                if corr == header.correlation_id:
+            for i, (early_corr, frame) in enumerate(self._early):
+                if early_corr == corr:
                     del self._early[i]
                     self._on_response(frame)
                     break
 
+    def _pop_oldest(self) -> _Pending:
+        entry = self.pending.popleft()
+        ids = self.pending_ids
+        corr = entry.header.correlation_id
+        if ids[corr] > 1:
+            ids[corr] -= 1
+        else:
+            del ids[corr]
+            self.ambiguous_ids.discard(corr)
+        return entry
+
+    def first_pending(self, correlation_id: int) -> _Pending | None:
+        """The oldest pending request with this id: the one its next response answers."""
+        if correlation_id in self.pending_ids:
+            for entry in self.pending:
+                if entry.header.correlation_id == correlation_id:
+                    return entry
+        return None
+
     def _match(self, correlation_id: int) -> _Pending | None:
-        """The pending request with this id; earlier ones lost their responses (Kafka answers in order)."""
-        pending = self.pending
-        if correlation_id not in pending:
+        """The oldest pending request with this id; earlier ones lost their responses (Kafka answers in order)."""
+        if correlation_id not in self.pending_ids:
             self.stats["unmatched_responses"] += 1
             return None
+        ambiguous = correlation_id in self.ambiguous_ids
         while True:
-            corr, entry = pending.popitem(last=False)
-            if corr == correlation_id:
-                return entry
+            entry = self._pop_oldest()
+            if entry.header.correlation_id == correlation_id:
+                break
             self.stats["lost_responses"] += 1
             self._emit_unanswered(entry, LOST)
+        if ambiguous:  # this response may answer a later request with the same id: pair none of them
+            self.stats["ambiguous_responses"] += 1
+            self._emit_unanswered(entry, LOST)
+            return None
+        return entry
 
     def _on_response(self, frame: Frame) -> None:
         stats = self.stats
@@ -401,7 +446,7 @@ class KafkaConnection:
             stats["malformed_response_headers"] += 1
             return
         corr = read_response_correlation_id(payload)
-        if corr not in self.pending:
+        if corr not in self.pending_ids:
             early = self._early
             early.append((corr, frame))
             if len(early) > MAX_EARLY:
@@ -409,6 +454,8 @@ class KafkaConnection:
                 stats["unmatched_responses"] += 1
             return
         entry = self._match(corr)
+        if entry is None:  # ambiguous: see _match
+            return
         h = entry.header
         response = error = None
         try:

@@ -64,6 +64,22 @@ def _read(path: str | None) -> bytes | None:
         return fh.read()
 
 
+def tls_context(cfg: ExporterConfig) -> ssl.SSLContext:
+    """A TLS context that trusts `certificate` (default: the system's) and presents the mTLS pair if any;
+    a file that is not what it should be is a ValueError naming it (gRPC itself would only log and retry)."""
+    try:
+        context = ssl.create_default_context(cafile=cfg.certificate)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"{cfg.certificate}: not a PEM CA certificate ({getattr(exc, 'reason', None) or exc})") from None
+    if cfg.client_certificate:
+        try:
+            context.load_cert_chain(cfg.client_certificate, cfg.client_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"{cfg.client_certificate}, {cfg.client_key}: not a PEM certificate and its key "
+                             f"({getattr(exc, 'reason', None) or exc})") from None
+    return context
+
+
 class GrpcTransport:
     """OTLP/gRPC. An endpoint without scheme, or with http://, is plain text unless `insecure` is false."""
 
@@ -82,6 +98,7 @@ class GrpcTransport:
                    ("grpc.max_reconnect_backoff_ms", 5000), ("grpc.max_send_message_length", 64 << 20)]
         compression = grpc.Compression.Gzip if cfg.compression == "gzip" else None
         if secure:
+            tls_context(cfg)  # the files are checked here, once, with a clear error
             creds = grpc.ssl_channel_credentials(_read(cfg.certificate), _read(cfg.client_key),
                                                  _read(cfg.client_certificate))
             self.channel = grpc.secure_channel(target, creds, options=options, compression=compression)
@@ -135,9 +152,7 @@ class HttpTransport:
             self.headers["Content-Encoding"] = "gzip"
         self.context = None
         if any(u.startswith("https://") for u in self.urls.values()):
-            self.context = ssl.create_default_context(cafile=cfg.certificate)
-            if cfg.client_certificate:
-                self.context.load_cert_chain(cfg.client_certificate, cfg.client_key)
+            self.context = tls_context(cfg)
         self._messages = _messages()
 
     def describe(self) -> str:

@@ -217,8 +217,12 @@ def _decoded_after_loss_is_right(capture: BackgroundCapture, gt, records: bool) 
     events = [e for e in capture.events if e.conn_id in ids]
     first_gap_ns = min(e.ts_ns for e in events if isinstance(e, StreamGap) and e.length and e.reason.is_loss)
     checked = after_gap = 0
-    for pair in KafkaStreamDecoder().feed_all(events):
+    decoder = KafkaStreamDecoder()
+    for pair in decoder.feed_all(events):
         if pair.api_key != PRODUCE or pair.response is None or pair.request is None:
+            continue
+        conn = decoder.opened.get(pair.conn_id)
+        if conn is None or conn.pid != gt.pid:  # another producer on the machine (same keys k0, k1, ...)
             continue
         bases = {r.partition: r.base_offset for r in pair.response.partitions}
         for part in pair.request.partitions:

@@ -3,7 +3,6 @@ and every consumed offset in a Fetch pair's batches, as the client's own ground 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,52 +11,11 @@ import time
 
 import pytest
 
-from tests.testbed.agent_cli import AgentCLI
+from tests.testbed.agent_cli import TraceCLI, assert_every_offset_traced
 from tests.workloads import CLIENTS, run_workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.bpf,
               pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")]
-
-
-class TraceCLI(AgentCLI):
-    """`otel-kafka-ebpf trace --json` in a child process, stopped with Ctrl-C (SIGINT)."""
-
-    def __init__(self, *args: str):
-        super().__init__("trace", "--json", *args, ready="tracing")
-
-    def pairs(self) -> list[dict]:
-        return self.json_lines()
-
-
-def _covered(offset: int, ranges: list[tuple[int, int]]) -> bool:
-    return any(lo <= offset <= hi for lo, hi in ranges)
-
-
-def _assert_every_offset_traced(trace: TraceCLI, gt, client: str) -> list[dict]:
-    """The workload's pairs, having checked that they hold every offset it produced and consumed."""
-    pairs = [p for p in trace.pairs() if p.get("pid") == gt.pid]
-    assert pairs, f"no pairs for pid {gt.pid}; stderr: {trace.err}"
-    for p in pairs:
-        for key in ("api", "version", "client_id", "correlation_id", "request_ns", "server"):
-            assert key in p, (key, p)
-    produced_ranges: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    fetched_ranges: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    for p in pairs:
-        for part in p.get("partitions", []):
-            key = (part.get("topic"), part.get("partition"))
-            if p["api"] == "Produce" and part.get("base_offset", -1) >= 0:
-                produced_ranges.setdefault(key, []).append(
-                    (part["base_offset"], part["base_offset"] + part["record_count"] - 1))
-            elif p["api"] == "Fetch":
-                for b in part.get("batches", []):
-                    fetched_ranges.setdefault(key, []).append((b["base_offset"], b["last_offset"]))
-    missing_produced = [(r.topic, r.partition, r.offset) for r in gt.produced
-                        if not _covered(r.offset, produced_ranges.get((r.topic, r.partition), []))]
-    missing_consumed = [(r.topic, r.partition, r.offset) for r in gt.consumed
-                        if not _covered(r.offset, fetched_ranges.get((r.topic, r.partition), []))]
-    assert not missing_produced, f"{client}: {len(missing_produced)} produced offsets not traced, e.g. {missing_produced[:5]}"
-    assert not missing_consumed, f"{client}: {len(missing_consumed)} consumed offsets not traced, e.g. {missing_consumed[:5]}"
-    return pairs
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -67,7 +25,7 @@ def test_trace_reports_every_produced_and_consumed_offset(kafka_broker, topic_fa
         gt = run_workload(client, kafka_broker.bootstrap, topic, tmp_path / f"{client}.jsonl",
                           messages=300, partitions=3, size=100, compression="lz4" if client != "java" else "zstd")
     gt.check_consistent()
-    pairs = _assert_every_offset_traced(trace, gt, client)
+    pairs = assert_every_offset_traced(trace, gt, client)
     # the producer's and consumer's client ids are the ones the client used
     ids = {p["client_id"] for p in pairs if p["api"] in ("Produce", "Fetch")}
     assert gt.producer_client_id in ids and gt.consumer_client_id in ids, ids
@@ -156,7 +114,7 @@ def test_trace_survives_a_client_killed_mid_frame_and_garbage(kafka_broker, topi
         killed.wait()
         gt = run_workload("go", kafka_broker.bootstrap, topic, tmp_path / "go.jsonl", messages=300, partitions=3)
         assert trace.proc.poll() is None, "the agent must keep running"
-    _assert_every_offset_traced(trace, gt, "go")
+    assert_every_offset_traced(trace, gt, "go")
     by_client = {}
     for p in trace.pairs():
         by_client.setdefault(p["client_id"], []).append(p)
