@@ -258,7 +258,10 @@ static __always_inline bool emit_open(struct conn *c, __u64 sk_ptr)
 		bpf_probe_read_kernel(e->remote_addr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, ringbuf_flags());
+	/* Wake the reader now (one wake-up per connection): the agent reads the process's identity from
+	 * /proc when it sees its first connection, and a short-lived client can be gone within the time a
+	 * batched wake-up waits. */
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	count(OKE_CNT_EVENTS, 1);
 	count(OKE_CNT_CONN_KAFKA, 1);  /* once per connection, classified or forced by port */
 	return true;
