@@ -5,6 +5,11 @@ page 1, the producer position; then the data pages, mapped twice in a row so tha
 wraps around the end reads as one piece. Each record has an 8-byte header: its length, with the
 BUSY bit while the producer is still writing it and the DISCARD bit for a discarded one, then the
 payload, padded to 8 bytes.
+
+The positions are read and written as whole aligned 8-byte words (a native memoryview item), never
+through `struct` with an explicit byte order: CPython packs those a byte at a time, and the kernel
+reading a half-written consumer position sees it up to the ring's size behind (at every wrap of a
+16 MiB ring: 0x00FFFFF8 -> 0x00000010 -> 0x01000010) and refuses records for a full ring that is empty.
 """
 
 from __future__ import annotations
@@ -16,8 +21,7 @@ import struct
 BUSY = 1 << 31
 DISCARD = 1 << 30
 HEADER = 8
-_u64 = struct.Struct("<Q")
-_u32 = struct.Struct("<I")
+_u32 = struct.Struct("=I")  # native, aligned: one load
 
 
 class RingBuffer:
@@ -30,6 +34,8 @@ class RingBuffer:
         self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self._data = memoryview(self._producer)[page:]
+        self._cons = memoryview(self._consumer).cast("Q")  # [0]: one aligned 8-byte load or store
+        self._prod = memoryview(self._producer).cast("Q")
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
         self.bytes_read = 0  # ring bytes consumed (record headers and padding included)
@@ -37,7 +43,7 @@ class RingBuffer:
 
     def available(self) -> int:
         """Bytes the producer wrote that are not consumed yet."""
-        return _u64.unpack_from(self._producer, 0)[0] - _u64.unpack_from(self._consumer, 0)[0]
+        return self._prod[0] - self._cons[0]
 
     def wait(self, timeout_ms: int) -> None:
         """Sleep until the kernel wakes the reader or the timeout ends (at once if data waits)."""
@@ -50,8 +56,8 @@ class RingBuffer:
 
     def read(self, max_records: int) -> list[bytes]:
         """Up to `max_records` committed records, oldest first, copied out of the ring."""
-        consumer = _u64.unpack_from(self._consumer, 0)[0]
-        producer = _u64.unpack_from(self._producer, 0)[0]
+        start = consumer = self._cons[0]
+        producer = self._prod[0]
         data = self._data
         mask = self._mask
         out = []
@@ -66,12 +72,15 @@ class RingBuffer:
                 append(bytes(data[at + HEADER:at + HEADER + length]))
             length &= ~(BUSY | DISCARD)
             consumer += (length + HEADER + 7) & ~7
-        self.bytes_read += consumer - _u64.unpack_from(self._consumer, 0)[0]
-        _u64.pack_into(self._consumer, 0, consumer)
+        if consumer != start:
+            self.bytes_read += consumer - start
+            self._cons[0] = consumer
         return out
 
     def close(self) -> None:
         self._epoll.close()
         self._data.release()
+        self._cons.release()
+        self._prod.release()
         self._producer.close()
         self._consumer.close()
