@@ -1025,6 +1025,14 @@ static __always_inline void on_close(__u32 tgid, int fd)
 	if (!skp)
 		return;
 	__u64 sk_ptr = *skp;
+	/* At close()'s exit the fd is free already: another thread of the process may have opened a new
+	 * Kafka connection on the same number since, and recorded it here. The fd table still holding that
+	 * socket means it is not the one closed (librdkafka closing one connection while connecting the
+	 * next: the new connection was cut off after its first request). */
+	__u64 ino = 0;
+	bool is_socket;
+	if ((__u64)tcp_sock_of_fd(fd, &ino, &is_socket) == sk_ptr)
+		return;
 	bpf_map_delete_elem(&kafka_fds, &key);
 	struct conn *c = bpf_map_lookup_elem(&conns, &sk_ptr);
 	if (!c || c->tgid != tgid)
