@@ -214,9 +214,12 @@ def test_a_collector_down_for_30_s_costs_counted_drops_not_the_capture(otel_back
                 time.sleep(30)
                 assert agent.proc.poll() is None
             produced = w.wait()
-        after = wait_until(lambda: [t for t in otel_backends.jaeger.traces(service, lookback=600, limit=10_000)
-                                    if t["spans"][0]["start_us"] * 1000 > produced.produced[-1].send_ns - 5e9],
-                           timeout=30, what="spans sent after the Collector came back")
+        try:  # the exporter retries every 5 s at most; the rest is the Collector's restart and Jaeger's ingestion
+            after = wait_until(lambda: [t for t in otel_backends.jaeger.traces(service, lookback=600, limit=10_000)
+                                        if t["spans"][0]["start_us"] * 1000 > produced.produced[-1].send_ns - 5e9],
+                               timeout=60, what="spans sent after the Collector came back")
+        except Exception as exc:  # what the agent said is the first thing to read
+            raise AssertionError(f"{exc}; the agent said:\n{''.join(agent._err_lines)[-3000:]}") from None
     assert after
     err = agent.err
     warnings = [line for line in err.splitlines() if "cannot export" in line]
