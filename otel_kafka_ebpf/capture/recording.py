@@ -193,8 +193,8 @@ def _enum(obj: dict, key: str, enum):
 
 def _skips(obj: dict, size: int) -> tuple:
     """A data event's ranges left in the kernel: [position in the data, length] pairs, in order."""
-    raw = obj.get("sk", ())
-    if type(raw) is not list and raw != ():
+    raw = obj.get("sk", [])
+    if type(raw) is not list:
         raise BadLine("'sk' is not a list")
     skips = []
     last = 0
