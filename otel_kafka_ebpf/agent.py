@@ -54,8 +54,9 @@ class Agent:
                                  poll_high_watermarks=a.poll_high_watermarks)
         self.spans = None
         if cfg.spans.enabled:
+            # a request larger than the queue could never be queued: every span of it would be dropped
             self.spans = SpanSink(SpanBuilder(self.resources, cfg.spans.ratio), self.exporter,
-                                  max_batch=cfg.exporter.max_batch_spans,
+                                  max_batch=min(cfg.exporter.max_batch_spans, cfg.exporter.max_queue_spans),
                                   delay_ns=cfg.exporter.schedule_delay_ms * 1_000_000)
             self.pipeline.add_sink(self.spans)
         self.period = Period(cfg.metrics.export_interval_ms * 1_000_000,

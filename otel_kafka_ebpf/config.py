@@ -106,7 +106,7 @@ class ExporterConfig(_Table):
     client_key: str | None = Field(None, description="client key (PEM) for mTLS")
     file_path: str | None = Field(None, description="type file: where to write (default: standard output)")
     max_queue_spans: int = Field(65536, ge=1, le=10_000_000, description="spans kept while the backend is slow")
-    max_batch_spans: int = Field(512, ge=1, le=100_000, description="spans per export request")
+    max_batch_spans: int = Field(512, ge=1, le=100_000, description="spans per export request (at most max_queue_spans)")
     schedule_delay_ms: int = Field(1000, ge=10, le=600_000, description="longest wait before spans are sent")
 
     @field_validator("endpoint", "traces_endpoint", "metrics_endpoint", "logs_endpoint")

@@ -190,10 +190,11 @@ class SpanSink:
         self._oldest_ns: int | None = None
 
     def batches(self, batches: Iterable, now_ns: int) -> None:
-        send, poll, pending = self.builder.send, self.builder.poll, self._pending
+        send, poll = self.builder.send, self.builder.poll
         for b in batches:
             out = send(b) if type(b) is ProducedBatch else poll(b)
             if out is not None:
+                pending = self._pending  # a new list after each flush
                 if not pending:
                     self._oldest_ns = now_ns
                 pending.append(out)

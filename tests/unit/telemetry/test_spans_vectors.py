@@ -124,3 +124,21 @@ def test_ratio_sampling_keeps_whole_traces(ratio):
 def test_sampler_off_exports_no_spans_but_metrics():
     transport = export("go-plain", {"OTEL_TRACES_SAMPLER": "always_off"})
     assert transport.spans() == [] and transport.metrics()
+
+
+def test_export_requests_are_never_larger_than_the_span_queue():
+    """OTEL_BSP_MAX_QUEUE_SIZE below the batch size: each request holds at most the queue's size, so that
+    requests can be queued at all (a larger one would be dropped whole, every span of it)."""
+    cfg = load_config(None, {}, environ={"OTEL_BSP_MAX_QUEUE_SIZE": "3", "OTEL_BSP_SCHEDULE_DELAY": "600000"})
+    agent = Agent(cfg, live=False, transport=InMemoryTransport())
+    sizes, submit = [], agent.exporter.submit
+
+    def counted(signal, payload, items):
+        if signal == "traces":
+            sizes.append(items)
+        return submit(signal, payload, items)
+
+    agent.exporter.submit = counted
+    agent.run(vectors.events("go-many-12p"))
+    agent.close()
+    assert sum(sizes) == 24 and max(sizes) <= 3
