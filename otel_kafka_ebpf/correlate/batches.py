@@ -28,6 +28,7 @@ from .topics import TopicRegistry
 
 MAX_PARKED = 50_000  # batches waiting for a cluster, a topic name or a group
 MAX_LINKS = 128  # traceparent links kept per batch (the SDK's default span link limit)
+MAX_SHARE_SESSIONS = 10_000  # connections whose share session's partitions are kept
 _TRACEPARENT = b"traceparent"
 
 # APIs only brokers and controllers send each other: a process sending one is a broker.
@@ -142,6 +143,7 @@ class Correlator:
         self.group_wait_ns = group_wait_ns
         self.links = links
         self.lag = LagTracker()
+        self._share_sessions: dict[int, set[tuple[bytes, int]]] = {}  # connection -> its share session's partitions
         self.stats: Counter = Counter()
         self._parked: deque[_Parked] = deque()
         self._learnt = 0  # generation of what was known when the parked batches were last checked
@@ -155,6 +157,7 @@ class Correlator:
 
     def connection_closed(self, conn_id: int, ts_ns: int) -> None:
         self.lag.connection_closed(conn_id, ts_ns)
+        self._share_sessions.pop(conn_id, None)
 
     def mark_broker(self, pid: int) -> None:
         self.broker_pids.add(pid)
@@ -201,6 +204,7 @@ class Correlator:
             return self._admit(delivered, pair.request_ts_ns)
         if api == SHARE_FETCH:
             self._observe_share(pair, pid)
+            self._track_share_fetch(pair, pid)
             return self._admit(self._share_delivered(pair, pid), pair.request_ts_ns)
         if api in _GROUP_APIS:
             self._observe_group(pair, pid)
@@ -504,6 +508,45 @@ class Correlator:
             if key is not None:
                 lag.fetched(instance, group, pair.conn_id, key, fetch_offset, -1, pair.request_ts_ns,
                             pair.response_ts_ns, request.max_wait_ms, True, leader=endpoint)
+
+    def _track_share_fetch(self, pair: KafkaPair, pid: int) -> None:
+        """A share group member's fetch: the group's position in each partition of the member's share session
+        (KIP-932: a request lists the partitions it adds or acknowledges, epoch 0 starts a session, -1 ends it)."""
+        request, response = pair.request, pair.response
+        if request is None or not request.group_id:
+            return
+        session = self._share_sessions.get(pair.conn_id)
+        if session is None or request.share_session_epoch == 0:
+            if len(self._share_sessions) >= MAX_SHARE_SESSIONS and pair.conn_id not in self._share_sessions:
+                self._share_sessions.pop(next(iter(self._share_sessions)))
+            session = self._share_sessions[pair.conn_id] = set()
+        session.update((p.topic_id, p.partition) for p in request.partitions)
+        for topic_id, partitions in request.forgotten:
+            session.difference_update((topic_id, i) for i in partitions)
+        if request.share_session_epoch == -1:
+            self._share_sessions.pop(pair.conn_id, None)
+        if response is None or response.error_code or pair.response_ts_ns is None:
+            return
+        endpoint = self.endpoint(pair.conn_id)
+        instance = Instance(pid, pair.client_id)
+        acquired: dict[tuple[bytes, int], int | None] = dict.fromkeys(session)
+        for p in response.partitions:
+            if p.error_code:
+                acquired.pop((p.topic_id, p.partition), None)
+                continue
+            key = self.partition_key(endpoint, None, p.topic_id, p.partition)
+            if key is not None:
+                for b in p.batches:
+                    if not b.is_control:
+                        self.lag.fetched_batch(key, b.base_offset, b.last_offset, b.first_timestamp, b.max_timestamp,
+                                               b.timestamp_type == 1)
+            ends = [a.last_offset + 1 for a in p.acquired]
+            acquired[(p.topic_id, p.partition)] = max(ends) if ends else None
+        for (topic_id, partition), end in acquired.items():
+            key = self.partition_key(endpoint, None, topic_id, partition)
+            if key is not None:
+                self.lag.share_fetched(instance, request.group_id, pair.conn_id, key, end, pair.request_ts_ns,
+                                       pair.response_ts_ns, request.max_wait_ms, leader=endpoint)
 
     def _track_commit(self, pair: KafkaPair, pid: int) -> None:
         request = pair.request

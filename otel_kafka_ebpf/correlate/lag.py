@@ -3,7 +3,9 @@
 State, bounded:
 - the position of each consumer instance (process + client id) in each partition it fetches: the
   fetch offset of its latest Fetch request (KIP-227 sessions: a partition an incremental request
-  leaves out keeps its offset), or the end of what a ShareFetch acquired;
+  leaves out keeps its offset); for a share group (KIP-932), whose members share partitions and have no
+  fetch offset, the group's position: the end of what any of its members seen here acquired (records
+  before it are handed out, some perhaps not yet acknowledged), the same for each member;
 - the high watermark of each partition: every Fetch response and every Produce response seen;
 - committed offsets from OffsetCommit;
 - an offset index (offsets.py): when each offset was produced.
@@ -121,6 +123,7 @@ class LagTracker:
         self.positions: dict[tuple[Instance, PartitionKey], Position] = {}
         self._by_partition: dict[PartitionKey, set[Instance]] = {}
         self.committed: dict[tuple[str, PartitionKey], tuple[int, int]] = {}  # (group, partition) -> (offset, ns)
+        self.share_ends: dict[tuple[str, PartitionKey], int] = {}  # (share group, partition) -> end acquired
         self.dropped_positions = 0
 
     # --- observations ----------------------------------------------------------------------------
@@ -170,7 +173,8 @@ class LagTracker:
                                               max_wait_ms * 1_000_000, empty, status_ns=response_ns, share=share,
                                               first_ns=request_ns, had_records=not empty, leader=leader)
             self._by_partition.setdefault(key, set()).add(instance)
-            self._others_lose(instance, group, key, request_ns)
+            if not share:  # share group members fetch the same partitions together
+                self._others_lose(instance, group, key, request_ns)
         else:
             if request_ns >= p.fetched_ns:  # the client's own time between a response and its next fetch
                 p.gaps.append(request_ns - p.fetched_ns)
@@ -183,7 +187,8 @@ class LagTracker:
             if p.gone_ns:  # back: it fetches the partition again
                 p.gone_ns = 0
                 p.moved_away = False
-                self._others_lose(instance, group, key, request_ns)
+                if not share:
+                    self._others_lose(instance, group, key, request_ns)
             p.fetched_ns = max(p.fetched_ns, response_ns)
             p.max_wait_ns = max_wait_ms * 1_000_000
             p.empty = empty
@@ -194,6 +199,31 @@ class LagTracker:
                 p.group = group
         self._settle(p, request_ns)
         p.history.append((response_ns, self._lag(p)))
+
+    def share_fetched(self, instance: Instance, group: str, conn_id: int, key: PartitionKey, acquired_end: int | None,
+                      request_ns: int, response_ns: int, max_wait_ms: int, leader: object = None) -> None:
+        """A completed ShareFetch of `key` by `instance`, a member of share group `group`, that acquired records up
+        to `acquired_end` (exclusive; None: none this time). The group's position moves for all its members."""
+        gk = (group, key)
+        end = self.share_ends.get(gk, -1)
+        moved = acquired_end is not None and acquired_end > end
+        if moved:
+            if gk not in self.share_ends and len(self.share_ends) >= MAX_POSITIONS:
+                self.dropped_positions += 1
+                return
+            end = self.share_ends[gk] = acquired_end
+        if end < 0:
+            return  # nothing acquired by the group here yet: its position is unknown
+        self.fetched(instance, group, conn_id, key, end, -1, request_ns, response_ns, max_wait_ms,
+                     acquired_end is None, share=True, leader=leader)
+        if moved:
+            for other in self._by_partition.get(key, ()):
+                q = self.positions.get((other, key))
+                if q is not None and q.share and q.group == group and q.position < end:
+                    q.position = end
+                    q.moved_ns = request_ns
+                    q.refetches = 0
+                    self._settle(q, request_ns)
 
     def _lag(self, p: Position) -> int:
         st = self.partitions.get(p.partition)
@@ -268,10 +298,13 @@ class LagTracker:
             if status == STOP and now_ns - max(p.status_ns, p.gone_ns, p.fetched_ns) > self.forget_ns:
                 forget.append(pk)
         for pk in forget:
-            del self.positions[pk]
+            p = self.positions.pop(pk)
             instances = self._by_partition.get(pk[1])
             if instances is not None:
                 instances.discard(pk[0])
+            if p.share and not any(q.share and q.group == p.group for q in
+                                   (self.positions.get((i, pk[1])) for i in instances or ()) if q is not None):
+                self.share_ends.pop((p.group, pk[1]), None)  # no member of the group left here
         return changes
 
     def _expected_interval(self, p: Position, now_ns: int) -> int:
@@ -295,7 +328,8 @@ class LagTracker:
             if now_ns - waiting_since > late:
                 return STOP, "messages are waiting and it has not fetched them"
             if p.refetches and now_ns - max(p.moved_ns, p.lag_waiting_since_ns) > max(self.stall_ns, late):
-                return STALL, "it fetches the same position again: its records are not consumed"
+                return STALL, ("its share fetches acquire nothing although messages wait" if p.share else
+                               "it fetches the same position again: its records are not consumed")
             if self._rising(p, now_ns):
                 return WARN, "its lag has grown over the window"
             return OK, ""
@@ -324,7 +358,8 @@ class LagTracker:
         `older_than_ns`: nothing on the node tells how far they grew, the leader can."""
         out: dict[object, set[PartitionKey]] = {}
         for p in self.positions.values():
-            if p.status in (STOP, STALL) and not p.moved_away and p.leader is not None:
+            # a share group's partitions too: no ShareFetch response carries the high watermark
+            if (p.status in (STOP, STALL) or p.share) and not p.moved_away and p.leader is not None:
                 st = self.partitions.get(p.partition)
                 if st is None or now_ns - st.hw_ns > older_than_ns:
                     out.setdefault(p.leader, set()).add(p.partition)

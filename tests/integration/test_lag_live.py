@@ -404,3 +404,35 @@ def _file_points(path, name: str) -> list[tuple[dict, dict, object]]:
                         for p in m.gauge.data_points:
                             out.append((res, {kv.key: kv.value.string_value for kv in p.attributes}, p))
     return out
+
+
+def test_a_share_groups_position_and_lag_from_its_members_fetches(kafka_broker, topic_factory, tmp_path):
+    """KIP-932: Kafka's console share consumer reads what a Go producer wrote. The group's position in each
+    partition is the end of what its member acquired: the producer's last offset + 1 once it has read all, lag 0;
+    the member's status OK while it fetches."""
+    topic = topic_factory(partitions=2)
+    group = f"{topic}-share"
+    out = tmp_path / "telemetry.jsonl"
+    kafka_broker.run_tool("kafka-configs", "--bootstrap-server", kafka_broker.direct_bootstrap, "--alter",
+                          "--entity-type", "groups", "--entity-name", group, "--add-config",
+                          "share.auto.offset.reset=earliest", check=True)
+    with run_agent(out, "--kafka-port", str(kafka_broker.port), "--ports-only"):
+        produced = run_workload("go", kafka_broker.bootstrap, topic, tmp_path / "p.jsonl", messages=300,
+                                partitions=2, mode="produce")
+        res = kafka_broker.run_tool("kafka-console-share-consumer", "--bootstrap-server", kafka_broker.bootstrap,
+                                    "--topic", topic, "--group", group, "--max-messages", "300", "--timeout-ms",
+                                    "30000", "--formatter-property", "print.partition=true", timeout=120,
+                                    check=True)
+        time.sleep(1.5)
+    assert res.stdout.count("Partition:") == 300
+    ends = {}
+    for p in produced.produced:
+        ends[p.partition] = max(ends.get(p.partition, 0), p.offset + 1)
+    positions = {attrs["messaging.destination.partition.id"]: p.as_int for _, attrs, p in
+                 _file_points(out, "otel_kafka_ebpf.consumer.position")
+                 if attrs.get("messaging.consumer.group.name") == group}
+    lags = [(attrs["messaging.destination.partition.id"], p.as_int) for _, attrs, p in
+            _file_points(out, "messaging.kafka.consumer.lag") if attrs.get("messaging.consumer.group.name") == group]
+    assert positions == {str(i): end for i, end in ends.items()}, (positions, ends)
+    assert {i for i, _ in lags} == {"0", "1"} and all(v >= 0 for _, v in lags)
+    assert [v for i, v in lags if i == "0"][-1] == 0 and [v for i, v in lags if i == "1"][-1] == 0

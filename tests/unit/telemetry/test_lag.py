@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from otel_kafka_ebpf.agent import Agent
+from otel_kafka_ebpf.capture.recording import read_recording
 from otel_kafka_ebpf.config import load_config
 from otel_kafka_ebpf.correlate.lag import OK, STALL, STOP, WARN, Instance, LagTracker, PartitionKey
 from otel_kafka_ebpf.correlate.offsets import CREATE_TIME, OBSERVED, OffsetIndex
@@ -219,3 +222,54 @@ def test_series_of_processes_long_gone_are_dropped_and_their_number_is_bounded()
     for pid in range(MAX_SERIES + 10):
         s.add((pid, ()), 1)
     assert len(s.series) == MAX_SERIES + 1 and s.series[(0, (("otel.metric.overflow", True),))] >= 10
+
+
+def test_share_group_members_share_the_groups_position_and_none_is_rebalanced_away():
+    """KIP-932: members of a share group fetch the same partition together; the position is the group's (the end
+    of what any member acquired), one member's fetch does not stop another, and acquiring nothing while messages
+    wait is STALL."""
+    tracker = LagTracker()
+    a, b = Instance(100, "share-a"), Instance(200, "share-b")
+    t = 1_000 * S
+    tracker.produced(KEY, 0, 50, t)
+    tracker.share_fetched(a, "sg", 7, KEY, None, t, t + MS, 500)
+    assert not tracker.positions  # nothing acquired by the group yet: position unknown, no series
+    tracker.share_fetched(a, "sg", 7, KEY, 20, t, t + MS, 500)
+    tracker.share_fetched(b, "sg", 8, KEY, 35, t + 2 * MS, t + 3 * MS, 500)
+    assert tracker.positions[(a, KEY)].position == tracker.positions[(b, KEY)].position == 35
+    tracker.evaluate(t + 4 * MS)
+    assert {p.status for p in tracker.positions.values()} == {OK}
+    assert [m.lag for m in tracker.measures(t + 4 * MS)] == [15, 15]
+    tracker.share_fetched(a, "sg", 7, KEY, 50, t + 5 * MS, t + 6 * MS, 500)
+    assert [m.lag for m in tracker.measures(t + 7 * MS)] == [0, 0]
+    tracker.produced(KEY, 50, 10, t + 8 * MS)  # then the share-partition hands out nothing more (no acks)
+    for i in range(1, 80):  # 8 s of fetches: past a new member's grace
+        now = t + 8 * MS + i * 100 * MS
+        tracker.share_fetched(a, "sg", 7, KEY, None, now, now + MS, 500)
+        tracker.share_fetched(b, "sg", 8, KEY, None, now, now + MS, 500)
+        tracker.evaluate(now + 2 * MS)
+        if i == 20:
+            assert {p.status for p in tracker.positions.values()} == {OK}
+    assert {p.status for p in tracker.positions.values()} == {STALL}
+    tracker.connection_closed(8, now + 10 * MS)
+    tracker.evaluate(now + 20 * MS)
+    assert tracker.positions[(b, KEY)].status == STOP and tracker.positions[(a, KEY)].status == STALL
+    tracker.evaluate(t + 100 * S)  # a has stopped fetching too
+    assert tracker.positions[(a, KEY)].status == STOP and tracker.share_ends
+    tracker.evaluate(t + 200 * S)
+    assert not tracker.positions and not tracker.share_ends  # forgotten with the last member
+
+
+def test_share_vector_positions_are_the_end_of_what_the_console_share_consumer_received():
+    share = vectors.VECTORS / "share"
+    agent = Agent(load_config(None, {}, environ={}), live=False, transport=InMemoryTransport())
+    agent.run(read_recording(share / "java-share.rec.gz"))
+    received: dict[int, int] = {}
+    for partition, offset in re.findall(r"Partition:(\d+)\tOffset:(\d+)", (share / "java-share.console.txt").read_text()):
+        received[int(partition)] = max(received.get(int(partition), -1), int(offset))
+    positions = {k.partition: p for (_, k), p in agent.pipeline.correlator.lag.positions.items()}
+    agent.close()
+    assert sum(received.values()) + len(received) == 30  # the console consumer's 30 messages, offsets from 0
+    assert {i: p.position for i, p in positions.items()} == {i: last + 1 for i, last in received.items()}
+    assert {(p.group, p.share, p.instance.client_id) for p in positions.values()} == \
+        {("v-java-share-group", True, "console-share-consumer")}
