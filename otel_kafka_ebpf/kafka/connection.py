@@ -24,7 +24,7 @@ from .apis import UnsupportedApi, decode_request_body, decode_response_body
 from .frames import ACCEPT, MAX_FRAME, NEED_DATA, NEED_MORE, REJECT, Frame, FrameSplitter
 from .headers import RequestHeader, read_request_header, read_response_correlation_id, response_body_position
 from .primitives import DecodeError
-from .versions import API_TABLE, FETCH, MAX_API_VERSION, PRODUCE, response_header_version
+from .versions import API_TABLE, API_VERSIONS, FETCH, FLEXIBLE_FROM, MAX_API_VERSION, PRODUCE, response_header_version
 
 __all__ = ["KafkaPair", "KafkaConnection", "KafkaStreamDecoder", "NEED_DATA"]
 
@@ -229,7 +229,7 @@ class KafkaConnection:
         self.requests = FrameSplitter(_RequestValidator(self))
         self.responses = FrameSplitter(_ResponseValidator(self))
         self.pending: deque[_Pending] = deque()  # requests awaiting their responses, in the order sent
-        self.pending_ids: Counter = Counter()  # correlation id -> how many of them are pending
+        self.pending_ids: dict[int, int] = {}  # correlation id -> how many of them are pending
         # Reused ids whose pending requests a response can no longer be told apart for: a gap may hide a
         # response (or a request) with the same id. Their responses are not paired (null, never wrong).
         self.ambiguous_ids: set[int] = set()
@@ -250,11 +250,12 @@ class KafkaConnection:
 
     def feed_data(self, direction: Direction, offset: int, data, ts_ns: int, frame_start: bool = False,
                   last_ts_ns: int | None = None, skips: tuple = ()) -> None:
-        splitter, is_request = self._splitter(direction)
+        is_request = (direction == Direction.SEND) == (self.role != Role.SERVER)
+        splitter = self.requests if is_request else self.responses
         gap_bytes = splitter.gap_bytes
         splitter.feed_data(offset, data, ts_ns, frame_start, last_ts_ns, skips)
         if skips:
-            self.stats["skipped_on_purpose_bytes"] += sum(n for _, n in skips)
+            self.stats["skipped_on_purpose_bytes"] += skips[0][1] if len(skips) == 1 else sum(n for _, n in skips)
         if splitter.gap_bytes != gap_bytes:  # the offset jumped: a gap no event announced
             self._after_gap(is_request)
         self._pull(splitter, is_request)
@@ -385,10 +386,12 @@ class KafkaConnection:
                      fetch_offsets: dict | None = None) -> None:
         pending = self.pending
         corr = header.correlation_id
-        if corr in self.pending_ids and self.first_pending(corr).request_gaps != self.request_gaps:
+        ids = self.pending_ids
+        waiting = ids.get(corr, 0)
+        if waiting and self.first_pending(corr).request_gaps != self.request_gaps:
             self.ambiguous_ids.add(corr)  # a request gap since the pending one may hide a third with this id
         pending.append(_Pending(header, request, ts_ns, end_ts_ns, error, fetch_offsets, self.request_gaps))
-        self.pending_ids[corr] += 1
+        ids[corr] = waiting + 1
         if len(pending) > MAX_PENDING:
             self.stats["pending_overflow"] += 1
             self._emit_unanswered(self._pop_oldest(), LOST)
@@ -459,7 +462,11 @@ class KafkaConnection:
         h = entry.header
         response = error = None
         try:
-            pos = response_body_position(payload, response_header_version(h.api_key, h.api_version))
+            flexible_from = FLEXIBLE_FROM.get(h.api_key)  # response header v1 (tagged fields) from there on
+            if flexible_from is None or h.api_version < flexible_from or h.api_key == API_VERSIONS:
+                pos = 4
+            else:
+                pos = response_body_position(payload, response_header_version(h.api_key, h.api_version))
             response = decode_response_body(h.api_key, h.api_version, payload, pos, frame.skips)
         except UnsupportedApi:
             error = UNSUPPORTED
@@ -504,7 +511,7 @@ class KafkaStreamDecoder:
     def feed(self, event: StreamEvent) -> list[KafkaPair]:
         kind = type(event)
         if kind is StreamData:
-            conn = self._conn(event.conn_id)
+            conn = self.connections.get(event.conn_id) or self._conn(event.conn_id)
             conn.feed_data(event.direction, event.offset, event.data, event.ts_ns, event.frame_start,
                            event.last_ts_ns, event.skips)
         elif kind is StreamGap:

@@ -212,11 +212,15 @@ class FrameSplitter:
         if offset == self._end and not self._avail and self._size < 0 and not self._skip and not self._hunting \
                 and len(data) >= 4:
             (size,) = _i32(data, 0)
-            skipped = 0
-            for _, n in skips:
-                skipped += n
+            if len(skips) == 1:
+                skipped = skips[0][1]
+            else:
+                skipped = 0
+                for _, n in skips:
+                    skipped += n
             if MIN_FRAME <= size <= MAX_FRAME and 4 + size == len(data) + skipped and skips[0][0] >= 4:
                 self._out.append(_new(Frame, (offset, memoryview(data)[4:], ts_ns, last,
+                                              ((skips[0][0] - 4, skips[0][1]),) if len(skips) == 1 else
                                               tuple((at - 4, n) for at, n in skips))))
                 self.frames += 1
                 self.declared_skips += skipped

@@ -6,11 +6,13 @@ import struct
 from typing import NamedTuple
 
 from .primitives import DecodeError, skip_tagged_fields
-from .versions import is_flexible
+from .versions import FLEXIBLE_FROM
 
 _REQUEST_FIXED = struct.Struct(">hhih")  # api_key, api_version, correlation_id, client_id length
 _request_fixed = _REQUEST_FIXED.unpack_from
 _i32 = struct.Struct(">i").unpack_from
+
+_new = tuple.__new__  # NamedTuple construction without its Python-level __new__ (hot path)
 
 _client_ids: dict[bytes, str] = {}  # a connection repeats one client id: decode it once
 
@@ -47,12 +49,13 @@ def read_request_header(frame, pos: int = 0) -> tuple[RequestHeader, int]:
             if len(_client_ids) < 4096:
                 _client_ids[raw] = client_id
         pos = end
-    if is_flexible(api_key, api_version):
+    flexible_from = FLEXIBLE_FROM.get(api_key)
+    if flexible_from is not None and api_version >= flexible_from:
         try:
             pos = skip_tagged_fields(frame, pos)
         except IndexError:
             raise DecodeError("request header tagged fields past end of frame") from None
-    return RequestHeader(api_key, api_version, correlation_id, client_id), pos
+    return _new(RequestHeader, (api_key, api_version, correlation_id, client_id)), pos
 
 
 def read_response_correlation_id(frame) -> int:

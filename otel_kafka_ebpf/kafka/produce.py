@@ -92,7 +92,7 @@ def decode_request(buf, pos: int, version: int, holes: Holes | None = None) -> P
     if flex:
         pos = skip_tagged_fields(buf, pos)
     check_end(buf, pos)
-    return ProduceRequest(transactional_id, acks, timeout_ms, partitions)
+    return _new(ProduceRequest, (transactional_id, acks, timeout_ms, partitions))
 
 
 def decode_response(buf, pos: int, version: int) -> ProduceResponse:
@@ -140,4 +140,4 @@ def decode_response(buf, pos: int, version: int) -> ProduceResponse:
     if flex:
         pos = skip_tagged_fields(buf, pos)  # tag 0: node endpoints
     check_end(buf, pos)
-    return ProduceResponse(partitions, throttle_time_ms)
+    return _new(ProduceResponse, (partitions, throttle_time_ms))

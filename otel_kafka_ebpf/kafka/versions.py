@@ -125,9 +125,13 @@ def api_name(api_key: int) -> str:
     return API_NAMES.get(api_key, f"Unknown{api_key}")
 
 
+# api key -> its first flexible version (APIs that have one)
+FLEXIBLE_FROM: dict[int, int] = {key: entry[1] for key, entry in API_TABLE.items() if entry[1] is not None}
+
+
 def is_flexible(api_key: int, version: int) -> bool:
-    entry = API_TABLE.get(api_key)
-    return entry is not None and entry[1] is not None and version >= entry[1]
+    first = FLEXIBLE_FROM.get(api_key)
+    return first is not None and version >= first
 
 
 def request_header_version(api_key: int, version: int) -> int:
