@@ -123,6 +123,12 @@ def attributes(field: int, attrs: Mapping[str, object] | Iterable[tuple[str, obj
     return b"".join(f_len(field, key_value(k, v)) for k, v in items if v is not None)
 
 
+def fresh_attributes(field: int, attrs: Iterable[tuple[str, object]]) -> bytes:
+    """As `attributes`, for values that seldom repeat (offsets): encoded each time, kept out of the cache,
+    which they would only fill."""
+    return b"".join(f_len(field, f_str(1, k) + f_len(2, any_value(v))) for k, v in attrs if v is not None)
+
+
 def resource(attrs: Mapping[str, object]) -> bytes:
     """Resource: attributes 1."""
     return attributes(1, attrs)

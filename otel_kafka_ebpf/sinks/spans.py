@@ -126,16 +126,17 @@ class SpanBuilder:
         end_ns = b.end_ns if b.end_ns is not None else (b.request_end_ns or b.start_ns)
         variable = [(MESSAGING_DESTINATION_PARTITION_ID, str(b.partition)),
                     (MESSAGING_BATCH_MESSAGE_COUNT, b.record_count)]
-        if b.base_offset is not None:
-            variable.append((MESSAGING_KAFKA_OFFSET, b.base_offset))
-            variable.append((OKE_LAST_OFFSET, b.base_offset + b.record_count - 1))
         if error:
             variable.append((ERROR_TYPE, error))
         if unlinked:
             variable.append((OKE_UNLINKED, unlinked))
+        attrs = self._common_attrs("send", b) + wire.span_attributes(variable)
+        if b.base_offset is not None:
+            attrs += wire.fresh_attributes(9, ((MESSAGING_KAFKA_OFFSET, b.base_offset),
+                                               (OKE_LAST_OFFSET, b.base_offset + b.record_count - 1)))
         links = b"".join(wire.f_len(13, ln) for t in b.traceparents if (ln := traceparent_link(t)))
         span = wire.span(trace_id, span_id, None, self._name("send", b.topic_name), _KIND_PRODUCER, b.start_ns,
-                         end_ns, self._common_attrs("send", b) + wire.span_attributes(variable), links,
+                         end_ns, attrs, links,
                          wire.span_status(wire.STATUS_ERROR, error) if error else b"", _FLAGS_ROOT)
         self.stats["send_spans"] += 1
         return self.resources.encoded(b.pid), span
@@ -152,20 +153,19 @@ class SpanBuilder:
             return None
         span_id = span_id_of("poll", trace_id, b.pid, b.client_id, b.conn_id, b.start_ns)
         variable = [(MESSAGING_DESTINATION_PARTITION_ID, str(b.partition)),
-                    (MESSAGING_KAFKA_OFFSET, b.base_offset),
-                    (OKE_LAST_OFFSET, b.last_offset),
-                    (MESSAGING_BATCH_MESSAGE_COUNT, b.record_count),
-                    (OKE_FETCH_OFFSET, b.fetch_offset)]
-        if b.high_watermark >= 0:
-            variable.append((OKE_HIGH_WATERMARK, b.high_watermark))
+                    (MESSAGING_BATCH_MESSAGE_COUNT, b.record_count)]
         if b.share:
             variable.append((OKE_SHARE_GROUP, True))
         if unlinked:
             variable.append((OKE_UNLINKED, unlinked))
+        offsets = [(MESSAGING_KAFKA_OFFSET, b.base_offset), (OKE_LAST_OFFSET, b.last_offset),
+                   (OKE_FETCH_OFFSET, b.fetch_offset)]
+        if b.high_watermark >= 0:
+            offsets.append((OKE_HIGH_WATERMARK, b.high_watermark))
         links = b"".join(wire.f_len(13, ln) for t in b.traceparents if (ln := traceparent_link(t)))
         span = wire.span(trace_id, span_id, parent_id, self._name("poll", b.topic_name), _KIND_CONSUMER,
-                         b.start_ns, b.end_ns, self._common_attrs("poll", b) + wire.span_attributes(variable),
-                         links, b"", _FLAGS_REMOTE_PARENT)
+                         b.start_ns, b.end_ns, self._common_attrs("poll", b) + wire.span_attributes(variable) +
+                         wire.fresh_attributes(9, offsets), links, b"", _FLAGS_REMOTE_PARENT)
         self.stats["poll_spans"] += 1
         return self.resources.encoded(b.pid), span
 
