@@ -8,7 +8,8 @@ State, bounded:
   before it are handed out, some perhaps not yet acknowledged), the same for each member;
 - the high watermark of each partition: every Fetch response and every Produce response seen;
 - committed offsets from OffsetCommit;
-- an offset index (offsets.py): when each offset was produced.
+- an offset index (offsets.py): when each offset was produced, from the oldest position or commit of
+  the consumers seen on it (what lies behind all of them is dropped, 5 s after they passed it).
 
 Lag in messages is the high watermark minus the position, never negative. Lag in seconds is the age
 of the oldest message not yet consumed (now minus when the message at the position was produced), 0
@@ -40,6 +41,8 @@ STALL_NS = 500_000_000  # messages waiting and no progress for this long, while 
 WINDOW_NS = 5_000_000_000  # lag rising over this window: WARN
 FORGET_NS = 60_000_000_000  # a stopped instance's partition is reported this long, then forgotten
 MAX_POSITIONS = 100_000
+PRUNE_NS = 5_000_000_000  # offset ranges behind every consumer of a partition are dropped this long after
+COMMIT_KEEP_NS = 600_000_000_000  # a group's commit holds its partitions' history this long (it may come back)
 ESTABLISHED = 3  # fetches seen before an instance's own pace sets how late its next fetch may be
 NEW_NS = 5_000_000_000  # and for this long after it is first seen,
 NEW_GRACE_NS = 2_500_000_000  # its next fetch may be this late
@@ -124,6 +127,8 @@ class LagTracker:
         self._by_partition: dict[PartitionKey, set[Instance]] = {}
         self.committed: dict[tuple[str, PartitionKey], tuple[int, int]] = {}  # (group, partition) -> (offset, ns)
         self.share_ends: dict[tuple[str, PartitionKey], int] = {}  # (share group, partition) -> end acquired
+        self._floors: dict[PartitionKey, int] = {}  # as of the last prune: offsets every consumer is past
+        self._next_prune_ns = 0
         self.dropped_positions = 0
 
     # --- observations ----------------------------------------------------------------------------
@@ -284,8 +289,28 @@ class LagTracker:
             return Measure(p, hw, lag, None, False)
         return Measure(p, hw, lag, max(0.0, (now_ns - produced.time_ns) / 1e9), produced.exact)
 
+    def prune(self, now_ns: int) -> None:
+        """Every `PRUNE_NS`: drop the offset index's ranges that every consumer seen on their partition had
+        passed at the previous round (a batch just fetched is still looked up for its latency), and commits
+        older than `COMMIT_KEEP_NS`. Partitions with no consumer seen keep their bounded history."""
+        if now_ns < self._next_prune_ns:
+            return
+        self._next_prune_ns = now_ns + PRUNE_NS
+        for key, floor in self._floors.items():
+            self.index.prune_below(key, floor)
+        old = [gk for gk, (_, ts) in self.committed.items() if now_ns - ts > COMMIT_KEEP_NS]
+        for gk in old:
+            del self.committed[gk]
+        floors: dict[PartitionKey, int] = {}
+        for (_, key), p in self.positions.items():
+            floors[key] = min(floors.get(key, p.position), p.position)
+        for (_, key), (offset, _) in self.committed.items():  # a group that may come back resumes there
+            floors[key] = min(floors.get(key, offset), offset)
+        self._floors = floors
+
     def evaluate(self, now_ns: int) -> list[StatusChange]:
         """Statuses as of now; returns the changes. Forgets partitions stopped longer than `forget`."""
+        self.prune(now_ns)
         changes = []
         forget = []
         for pk, p in self.positions.items():

@@ -11,13 +11,13 @@ range after it, a lower bound on the offset's age (`exact` False), or nothing.
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from typing import NamedTuple
 
 OBSERVED, LOG_APPEND_TIME, CREATE_TIME = 0, 1, 2  # sources, best first
 SOURCE_NAMES = ("produce_request", "log_append_time", "create_time")
 
-MAX_ENTRIES = 1_000_000  # 32 bytes each: about 32 MiB at most
+MAX_ENTRIES = 1_000_000  # 25 bytes each: about 25 MB at most
 MAX_PER_PARTITION = 100_000
 
 
@@ -46,7 +46,8 @@ class OffsetIndex:
         self.max_per_partition = max_per_partition
         self._parts: dict[object, _Ranges] = {}
         self.entries = 0
-        self.evicted = 0
+        self.evicted = 0  # ranges dropped for room (their offsets' times are then known only as bounds)
+        self.pruned = 0  # ranges behind every consumer, dropped as no longer needed
 
     def __len__(self) -> int:
         return self.entries
@@ -109,6 +110,21 @@ class OffsetIndex:
         if i + 1 < len(r):  # evicted, compacted away, or never seen: the next range was produced later
             return ProduceTime(r.time[i + 1], r.source[i + 1], False)
         return None
+
+    def prune_below(self, partition: object, floor: int) -> None:
+        """Drop the ranges of `partition` that end before offset `floor`."""
+        r = self._parts.get(partition)
+        if r is None:
+            return
+        n = bisect_left(r.last, floor)
+        if n:
+            for a in (r.first, r.last, r.time, r.source):
+                del a[:n]
+            self.entries -= n
+            self.pruned += n
+
+    def partitions(self):
+        return self._parts.keys()
 
     def forget(self, partition: object) -> None:
         r = self._parts.pop(partition, None)

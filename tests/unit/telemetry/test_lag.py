@@ -273,3 +273,28 @@ def test_share_vector_positions_are_the_end_of_what_the_console_share_consumer_r
     assert {i: p.position for i, p in positions.items()} == {i: last + 1 for i, last in received.items()}
     assert {(p.group, p.share, p.instance.client_id) for p in positions.values()} == \
         {("v-java-share-group", True, "console-share-consumer")}
+
+
+def test_the_offset_index_keeps_what_lies_ahead_of_the_slowest_consumer_and_its_commits():
+    """A steady topic: the index holds the ranges at and after the oldest position or commit on the partition
+    (and what a consumer passed within the last prune round), not the whole history; a group's commit holds
+    its history for 10 minutes. Lag in seconds stays exact, and so does the latency of a batch just fetched."""
+    tl = Timeline(every=10 * MS)
+    slow = Instance(300, "slow-1")
+    tl.tracker.committed_offset("slow-group", KEY, 0, tl.t, slow)
+    for _ in range(3000):  # 30 s at 100/s
+        tl.step()
+    index = tl.tracker.index
+    assert len(index) == 3000 and index.pruned == 0  # the slow group's commit at 0 holds it all
+    tl.tracker.committed_offset("slow-group", KEY, 2990, tl.t, slow)
+    for _ in range(1500):
+        tl.step()
+    assert len(index) == tl.hw - 2990 and index.pruned == 2990  # from the slow group's commit on
+    tl.every = 100 * MS
+    for _ in range(6600):  # 11 minutes at 10/s, the slow group gone
+        tl.step()
+    assert tl.tracker.committed == {}
+    assert 0 < len(index) <= 110  # at most two prune rounds of 5 s
+    m = tl.tracker.measure(tl.tracker.positions[(ME, KEY)], tl.t + 2 * MS)
+    assert m.lag_seconds_exact
+    assert index.lookup(KEY, tl.pos - 1).exact  # the batch just fetched: its latency is looked up after
