@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print("soak: the agent loads BPF programs: run as root", file=sys.stderr)
         return 1
     clients = [c for c in args.clients.split(",") if c]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped from outside: end the agent and clients too
     work = Path(tempfile.mkdtemp(prefix="oke-soak-"))
     export = work / "telemetry.jsonl"
     samples: list[dict] = []
