@@ -529,24 +529,24 @@ class Correlator:
             return
         endpoint = self.endpoint(pair.conn_id)
         instance = Instance(pid, pair.client_id)
-        acquired: dict[tuple[bytes, int], int | None] = dict.fromkeys(session)
+        acquired: dict[tuple[bytes, int], int | None] = dict.fromkeys(session)  # None: nothing acquired
         for p in response.partitions:
             if p.error_code:
                 acquired.pop((p.topic_id, p.partition), None)
-                continue
-            key = self.partition_key(endpoint, None, p.topic_id, p.partition)
-            if key is not None:
-                for b in p.batches:
-                    if not b.is_control:
-                        self.lag.fetched_batch(key, b.base_offset, b.last_offset, b.first_timestamp, b.max_timestamp,
-                                               b.timestamp_type == 1)
-            ends = [a.last_offset + 1 for a in p.acquired]
-            acquired[(p.topic_id, p.partition)] = max(ends) if ends else None
+            else:
+                ends = [a.last_offset + 1 for a in p.acquired]
+                acquired[(p.topic_id, p.partition)] = max(ends) if ends else None
+        batches = {(p.topic_id, p.partition): p.batches for p in response.partitions}
         for (topic_id, partition), end in acquired.items():
             key = self.partition_key(endpoint, None, topic_id, partition)
-            if key is not None:
-                self.lag.share_fetched(instance, request.group_id, pair.conn_id, key, end, pair.request_ts_ns,
-                                       pair.response_ts_ns, request.max_wait_ms, leader=endpoint)
+            if key is None:
+                continue
+            for b in batches.get((topic_id, partition), ()):
+                if not b.is_control:
+                    self.lag.fetched_batch(key, b.base_offset, b.last_offset, b.first_timestamp, b.max_timestamp,
+                                           b.timestamp_type == 1)
+            self.lag.share_fetched(instance, request.group_id, pair.conn_id, key, end, pair.request_ts_ns,
+                                   pair.response_ts_ns, request.max_wait_ms, leader=endpoint)
 
     def _track_commit(self, pair: KafkaPair, pid: int) -> None:
         request = pair.request

@@ -123,9 +123,6 @@ class OffsetIndex:
             self.entries -= n
             self.pruned += n
 
-    def partitions(self):
-        return self._parts.keys()
-
     def forget(self, partition: object) -> None:
         r = self._parts.pop(partition, None)
         if r is not None:

@@ -24,7 +24,7 @@ from .apis import UnsupportedApi, decode_request_body, decode_response_body
 from .frames import ACCEPT, MAX_FRAME, NEED_DATA, NEED_MORE, REJECT, Frame, FrameSplitter
 from .headers import RequestHeader, read_request_header, read_response_correlation_id, response_body_position
 from .primitives import DecodeError
-from .versions import API_TABLE, API_VERSIONS, FETCH, FLEXIBLE_FROM, MAX_API_VERSION, PRODUCE, response_header_version
+from .versions import API_TABLE, FETCH, MAX_API_VERSION, PRODUCE, response_header_version
 
 __all__ = ["KafkaPair", "KafkaConnection", "KafkaStreamDecoder", "NEED_DATA"]
 
@@ -250,8 +250,7 @@ class KafkaConnection:
 
     def feed_data(self, direction: Direction, offset: int, data, ts_ns: int, frame_start: bool = False,
                   last_ts_ns: int | None = None, skips: tuple = ()) -> None:
-        is_request = (direction == Direction.SEND) == (self.role != Role.SERVER)
-        splitter = self.requests if is_request else self.responses
+        splitter, is_request = self._splitter(direction)
         gap_bytes = splitter.gap_bytes
         splitter.feed_data(offset, data, ts_ns, frame_start, last_ts_ns, skips)
         if skips:
@@ -462,11 +461,8 @@ class KafkaConnection:
         h = entry.header
         response = error = None
         try:
-            flexible_from = FLEXIBLE_FROM.get(h.api_key)  # response header v1 (tagged fields) from there on
-            if flexible_from is None or h.api_version < flexible_from or h.api_key == API_VERSIONS:
-                pos = 4
-            else:
-                pos = response_body_position(payload, response_header_version(h.api_key, h.api_version))
+            header_version = response_header_version(h.api_key, h.api_version)
+            pos = response_body_position(payload, 1) if header_version else 4
             response = decode_response_body(h.api_key, h.api_version, payload, pos, frame.skips)
         except UnsupportedApi:
             error = UNSUPPORTED

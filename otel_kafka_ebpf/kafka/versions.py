@@ -140,6 +140,4 @@ def request_header_version(api_key: int, version: int) -> int:
 
 def response_header_version(api_key: int, version: int) -> int:
     # ApiVersions responses keep header v0 so that a client can always read the broker's answer.
-    if api_key == API_VERSIONS:
-        return 0
-    return 1 if is_flexible(api_key, version) else 0
+    return 1 if api_key != API_VERSIONS and is_flexible(api_key, version) else 0
