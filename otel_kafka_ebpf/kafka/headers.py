@@ -6,7 +6,7 @@ import struct
 from typing import NamedTuple
 
 from .primitives import DecodeError, skip_tagged_fields
-from .versions import FLEXIBLE_FROM
+from .versions import is_flexible
 
 _REQUEST_FIXED = struct.Struct(">hhih")  # api_key, api_version, correlation_id, client_id length
 _request_fixed = _REQUEST_FIXED.unpack_from
@@ -49,8 +49,7 @@ def read_request_header(frame, pos: int = 0) -> tuple[RequestHeader, int]:
             if len(_client_ids) < 4096:
                 _client_ids[raw] = client_id
         pos = end
-    flexible_from = FLEXIBLE_FROM.get(api_key)
-    if flexible_from is not None and api_version >= flexible_from:
+    if is_flexible(api_key, api_version):
         try:
             pos = skip_tagged_fields(frame, pos)
         except IndexError:

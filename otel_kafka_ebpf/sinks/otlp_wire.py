@@ -102,15 +102,20 @@ _KV_CACHE: dict[tuple[str, object], bytes] = {}
 _KV_CACHE_MAX = 65536
 
 
+def fresh_key_value(key: str, value: object) -> bytes:
+    """A KeyValue (key 1, value 2), encoded each time."""
+    return f_str(1, key) + f_len(2, any_value(value))
+
+
 def key_value(key: str, value: object) -> bytes:
-    """A KeyValue (key 1, value 2), cached for hashable values: most attributes repeat."""
+    """A KeyValue, cached for hashable values: most attributes repeat."""
     ck = (key, value, type(value))
     try:
         kv = _KV_CACHE.get(ck)
     except TypeError:  # a list value
-        return f_str(1, key) + f_len(2, any_value(value))
+        return fresh_key_value(key, value)
     if kv is None:
-        kv = f_str(1, key) + f_len(2, any_value(value))
+        kv = fresh_key_value(key, value)
         if len(_KV_CACHE) >= _KV_CACHE_MAX:
             _KV_CACHE.clear()
         _KV_CACHE[ck] = kv
@@ -126,7 +131,7 @@ def attributes(field: int, attrs: Mapping[str, object] | Iterable[tuple[str, obj
 def fresh_attributes(field: int, attrs: Iterable[tuple[str, object]]) -> bytes:
     """As `attributes`, for values that seldom repeat (offsets): encoded each time, kept out of the cache,
     which they would only fill."""
-    return b"".join(f_len(field, f_str(1, k) + f_len(2, any_value(v))) for k, v in attrs if v is not None)
+    return b"".join(f_len(field, fresh_key_value(k, v)) for k, v in attrs if v is not None)
 
 
 def resource(attrs: Mapping[str, object]) -> bytes:
