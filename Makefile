@@ -17,8 +17,9 @@ else
 Q := @
 endif
 
-# Debian packages the build and the tests need (installed only when missing).
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make tshark kcat iproute2 openjdk-17-jdk-headless maven
+# Debian packages the build and the tests need (installed only when missing). The BPF compiler is
+# pinned (clang-19, Debian bookworm's 1:19.1.x): the object is built the same way on every machine.
+APT_PACKAGES := clang-19 llvm-19 libbpf-dev libbpf1 bpftool make tshark kcat iproute2 openjdk-17-jdk-headless maven
 STAMP := $(CACHE)/stamps
 
 .PHONY: help
@@ -42,7 +43,7 @@ apt_one = dpkg -s $(1) >/dev/null 2>&1 || { \
 
 .PHONY: apt-deps
 apt-deps: $(STAMP)/apt
-$(STAMP)/apt:
+$(STAMP)/apt: $(ROOT)/Makefile
 	$(Q)mkdir -p $(STAMP)
 	$(Q)missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

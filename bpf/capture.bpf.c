@@ -32,23 +32,15 @@ char LICENSE[] SEC("license") = "GPL";
 #define KAFKA_MAX_API_KEY  127
 #define KAFKA_MAX_VERSION  40
 #define WALK_MAX_STEPS     (1 << 20)   /* units walked per syscall: a digest takes a few per record batch */
+/* what one step of the walk returns (walk_one) */
+#define WALK_GO      0
+#define WALK_STOP    1
+#define WALK_DIGEST  2  /* the digest chooses the next unit before the next step */
 
 enum conn_verdict { CONN_UNKNOWN = 0, CONN_KAFKA = 1, CONN_OTHER = 2 };
 enum fd_verdict { FD_NOT_SOCKET = 1, FD_NOT_KAFKA = 2 };
 enum op_kind { OP_BUF = 0, OP_IOV = 1, OP_MSG = 2, OP_MMSG = 3, OP_CONNECT = 4, OP_ACCEPT = 5, OP_SENDFILE = 6 };
 
-/* A data syscall of a TCP socket that just returned. */
-struct active_op {
-	__u64 sk;
-	__u64 ino;
-	__u64 ptr;           /* buffer, iovec array, msghdr or mmsghdr array */
-	__u32 count;         /* buffer length, iovcnt or vlen */
-	__u8  kind;
-	__u8  direction;
-	__u16 pad0;
-	__u32 fd;
-	__u32 pad1;
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -138,7 +130,7 @@ static __always_inline __u64 fd_key(__u32 tgid, int fd)
 }
 
 /* task -> files -> fdt -> fd[fd] -> file; a TCP socket's struct sock, or NULL. */
-static __always_inline struct sock *tcp_sock_of_fd(int fd, __u64 *ino, bool *is_socket)
+static __noinline struct sock *tcp_sock_of_fd(int fd, __u64 *ino, bool *is_socket)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
@@ -228,7 +220,7 @@ static __always_inline struct conn *conn_for(__u64 sk_ptr, __u64 ino, __u8 role,
 	return fresh;
 }
 
-static __always_inline bool emit_open(struct conn *c, __u64 sk_ptr)
+static __noinline bool emit_open(struct conn *c, __u64 sk_ptr)
 {
 	struct oke_open_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -269,12 +261,12 @@ static __always_inline bool emit_open(struct conn *c, __u64 sk_ptr)
 
 /* ---- first bytes of a syscall, across iovecs, for detection ---- */
 
-struct peek {
-	__u8 b[64];  /* 16 used; the rest keeps masked variable-offset reads in bounds */
-};
 
-static __always_inline int peek_bytes(struct active_op *op, __u32 total, struct peek *out)
+/* The first (up to 16) bytes the syscall moved, into sb->peek; how many, or -1. */
+static __always_inline int peek_bytes(struct ev_scratch *sb, struct active_op *op, __u32 total)
 {
+	struct peek *out = &sb->peek;
+	__builtin_memset(out->b, 0, 16);
 	__u64 want = total < 16 ? total : 16;
 	barrier_var(want);
 	if (want > 16)
@@ -287,30 +279,30 @@ static __always_inline int peek_bytes(struct active_op *op, __u32 total, struct 
 	struct iovec *iov = (struct iovec *)op->ptr;
 	__u32 iovcnt = op->count;
 	if (op->kind == OP_MSG) {
-		struct user_msghdr msg;
-		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)op->ptr))
+		struct user_msghdr *msg = &sb->u.msg;
+		if (bpf_probe_read_user(msg, sizeof(*msg), (void *)op->ptr))
 			return -1;
-		iov = msg.msg_iov;
-		iovcnt = msg.msg_iovlen;
+		iov = msg->msg_iov;
+		iovcnt = msg->msg_iovlen;
 	} else if (op->kind == OP_MMSG) {
-		struct mmsghdr mm;
-		if (bpf_probe_read_user(&mm, sizeof(mm), (void *)op->ptr))
+		struct mmsghdr *mm = &sb->u.mm;
+		if (bpf_probe_read_user(mm, sizeof(*mm), (void *)op->ptr))
 			return -1;
-		iov = mm.msg_hdr.msg_iov;
-		iovcnt = mm.msg_hdr.msg_iovlen;
+		iov = mm->msg_hdr.msg_iov;
+		iovcnt = mm->msg_hdr.msg_iovlen;
 	}
 	__u32 got = 0;
 	for (int i = 0; i < 4; i++) {
 		if (i >= iovcnt || got >= want)
 			break;
-		struct iovec v;
-		if (bpf_probe_read_user(&v, sizeof(v), &iov[i]))
+		struct iovec *v = &sb->u.v;
+		if (bpf_probe_read_user(v, sizeof(*v), &iov[i]))
 			return -1;
-		__u64 take = v.iov_len < want - got ? v.iov_len : want - got;
+		__u64 take = v->iov_len < want - got ? v->iov_len : want - got;
 		barrier_var(take);
 		if (take > 16 || got > 15)
 			return -1;
-		if (take && bpf_probe_read_user(&out->b[got & 15], take, v.iov_base))
+		if (take && bpf_probe_read_user(&out->b[got & 15], take, v->iov_base))
 			return -1;
 		got += take;
 	}
@@ -339,31 +331,12 @@ static __always_inline bool looks_like_kafka_request(struct peek *p, int n)
 
 /* ---- the frame walker: the bytes of one syscall, segment by segment ---- */
 
-struct walk {
-	__u64 iov;           /* user iovec array, 0 for a plain buffer */
-	__u32 iovcnt;
-	__u32 seg;           /* current iovec */
-	__u32 total;         /* bytes the syscall moved */
-	__u32 covered;       /* bytes of the syscall in segments loaded so far */
-	__u64 ptr;           /* current segment's user buffer */
-	__u32 len;
-	__u32 pos;           /* next byte of the segment to walk */
-	__u64 base_offset;   /* stream offset of ptr[0] */
-	__u64 start;         /* stream offset of the syscall's first byte */
-	__u64 ts;
-	__u8  direction;
-	__u8  is_request;    /* this direction carries requests */
-	__u8  failed;
-	__u8  done;
-	__u32 pad0;
-};
 
 /* The callback's context: the pointers stay out of the struct walk_one() may write to, where the
  * verifier would forget that they are pointers. */
 struct walk_ctx {
 	struct conn *c;
-	struct ev_scratch *sb;
-	struct walk w;
+	struct ev_scratch *sb;  /* sb->w is the walk */
 };
 
 /* What one walker step works on. */
@@ -625,23 +598,38 @@ static __always_inline long body_step(struct cursor *k, __u32 avail)
 	}
 	if (unit_done) {
 		d->unit = U_NONE;
-		/* a frame that ends with its head (a bare correlation id) still matches its request */
-		if (d->frame_left == 0 && d->layout == LAYOUT_HEAD)
-			digest_next(k->c, w->direction, w->is_request);
+		if (d->frame_left == 0 && d->layout == LAYOUT_HEAD) {
+			/* a frame that ends with its head (a bare correlation id) still matches its
+			 * request: the head is digested first, and the frame ends at the next step */
+			w->end_frame = 1;
+			return WALK_DIGEST;
+		}
 	}
 	if (d->frame_left == 0)
 		end_frame(k);
 	return 0;
 }
 
-/* One step of the walk. A global function: the verifier checks it once, for any state, instead of
- * following the walk's states through bpf_loop (which never converged). */
+/* One step of the walk: WALK_GO, WALK_STOP, or WALK_DIGEST when the digest must choose the next
+ * unit. A global function: the verifier checks it once, for any state, instead of following the
+ * walk's states through bpf_loop (which never converged). It never calls digest_next itself, so
+ * that the two frames sit side by side under walk_step rather than one on top of the other. */
 __noinline int walk_one(struct walk *w, struct conn *c, struct ev_scratch *sb)
 {
 	if (!w || !c || !sb)
-		return 1;
+		return WALK_STOP;
+	if (cfg.refuse_walker) {
+		/* a read above the frame, which every verifier refuses: only when asked to, so that the
+		 * fallback is tested on a refusal of the kernel's own (the branch is dead otherwise) */
+		asm volatile("r0 = *(u64 *)(r10 + 8)" ::: "r0");
+	}
 	struct cursor k = { .w = w, .c = c, .d = &c->dir[w->direction & 1], .sb = sb };
 	struct dir_state *d = k.d;
+	if (w->end_frame) {
+		w->end_frame = 0;
+		end_frame(&k);
+		return WALK_GO;
+	}
 	if (w->pos >= w->len)
 		return next_segment(w);
 	__u32 avail = w->len - w->pos;
@@ -649,17 +637,25 @@ __noinline int walk_one(struct walk *w, struct conn *c, struct ev_scratch *sb)
 		return unsynced_step(&k, avail);
 	if (d->frame_left == 0)
 		return size_step(&k, avail);
-	if (d->unit == U_NONE) {
-		digest_next(c, w->direction, w->is_request);
-		return 0;
-	}
+	if (d->unit == U_NONE)
+		return WALK_DIGEST;
 	return body_step(&k, avail);
 }
 
+/* bpf_loop's callback. Its return must be 0 or 1 in a form every verifier proves (newer kernels
+ * check the range): a mask, which no compiler folds away; the headroom test reads it back. */
 static long walk_step(__u32 i, void *ctx)
 {
 	struct walk_ctx *x = ctx;
-	return walk_one(&x->w, x->c, x->sb) ? 1 : 0;
+	struct ev_scratch *sb = x->sb;
+	struct conn *c = x->c;
+	if (!sb || !c)
+		return 1;
+	long r = walk_one(&sb->w, c, sb);
+	if (r & WALK_DIGEST)
+		digest_next(c, sb->w.direction, sb->w.is_request);
+	barrier_var(r);
+	return r & WALK_STOP;
 }
 
 /* requests travel from client to server */
@@ -670,12 +666,14 @@ static __always_inline __u8 request_dir(struct conn *c)
 
 /* Walk the buffers of one syscall that moved `total` bytes; the stream offset always advances
  * by exactly `total`, whatever the walk managed to copy. */
-static __noinline void process_op(struct conn *c, struct active_op *op, __u32 total, __u64 ts)
+static __noinline void process_op(struct conn *c, struct active_op *op, __u32 total, __u64 ts,
+				  struct ev_scratch *sb)
 {
+	if (!c || !op)
+		return;
 	__u8 dir = op->direction & 1;
 	struct dir_state *d = &c->dir[dir];
 	__u64 start = d->offset;
-	struct ev_scratch *sb = scratch_get();
 	if (!sb) {
 		d->offset = start + total;
 		d->synced = 0;
@@ -685,12 +683,15 @@ static __noinline void process_op(struct conn *c, struct active_op *op, __u32 to
 		return;
 	}
 	pending_take(sb, c, dir);
-	struct walk_ctx x = {
-		.c = c, .sb = sb,
-		.w = { .base_offset = start, .start = start, .ts = ts, .total = total,
-		       .direction = dir, .is_request = dir == request_dir(c) },
-	};
-	struct walk *w = &x.w;
+	struct walk_ctx x = { .c = c, .sb = sb };
+	struct walk *w = &sb->w;
+	__builtin_memset(w, 0, sizeof(*w));
+	w->base_offset = start;
+	w->start = start;
+	w->ts = ts;
+	w->total = total;
+	w->direction = dir;
+	w->is_request = dir == request_dir(c);
 	if (c->lead4) {
 		/* the frame's size field came alone before the connection was classified: from kernel memory */
 		c->lead4 = 0;
@@ -708,18 +709,18 @@ static __noinline void process_op(struct conn *c, struct active_op *op, __u32 to
 		w->iov = op->ptr;
 		w->iovcnt = op->count;
 		if (op->kind == OP_MSG) {
-			struct user_msghdr msg;
-			if (bpf_probe_read_user(&msg, sizeof(msg), (void *)op->ptr) == 0) {
-				w->iov = (__u64)msg.msg_iov;
-				w->iovcnt = msg.msg_iovlen;
+			struct user_msghdr *msg = &sb->u.msg;
+			if (bpf_probe_read_user(msg, sizeof(*msg), (void *)op->ptr) == 0) {
+				w->iov = (__u64)msg->msg_iov;
+				w->iovcnt = msg->msg_iovlen;
 			} else {
 				w->iovcnt = 0;
 			}
 		}
-		struct iovec v = {};
-		if (w->iovcnt && bpf_probe_read_user(&v, sizeof(v), (void *)w->iov) == 0) {
-			w->ptr = (__u64)v.iov_base;
-			w->len = v.iov_len < total ? v.iov_len : total;
+		struct iovec *v = &sb->u.v;
+		if (w->iovcnt && bpf_probe_read_user(v, sizeof(*v), (void *)w->iov) == 0) {
+			w->ptr = (__u64)v->iov_base;
+			w->len = v->iov_len < total ? v->iov_len : total;
 			w->covered = w->len;
 		} else {
 			w->failed = 1;
@@ -749,6 +750,8 @@ static __noinline void process_op(struct conn *c, struct active_op *op, __u32 to
 	}
 }
 
+#include "heads.bpf.h"
+
 /* Responses come in request order: the answer to the request in `p` is a sync point for them. */
 static __always_inline void arm_response_resync(struct conn *c, struct peek *p)
 {
@@ -758,12 +761,12 @@ static __always_inline void arm_response_resync(struct conn *c, struct peek *p)
 
 /* A request whose size field came alone in the previous read: judge the size and this read's
  * first bytes together. */
-static __always_inline bool classify_after_lead4(struct conn *c, struct peek *p, int n, __u8 req_dir)
+static __always_inline bool classify_after_lead4(struct conn *c, struct ev_scratch *sb, int n, __u8 req_dir)
 {
-	struct peek q = {};
-	__builtin_memcpy(q.b, c->pending4, 4);
-	__builtin_memcpy(&q.b[4], p->b, 12);
-	if (n < 10 || !looks_like_kafka_request(&q, n + 4))
+	struct peek *q = &sb->lead;
+	__builtin_memcpy(q->b, c->pending4, 4);
+	__builtin_memcpy(&q->b[4], sb->peek.b, 12);
+	if (n < 10 || !looks_like_kafka_request(q, n + 4))
 		return false;
 	struct dir_state *d = &c->dir[req_dir & 1];
 	d->frame_left = be32(c->pending4);  /* this read continues the frame after its size field */
@@ -775,7 +778,7 @@ static __always_inline bool classify_after_lead4(struct conn *c, struct peek *p,
 }
 
 /* Decide whether an unclassified connection speaks Kafka, from this syscall's first bytes. */
-static __always_inline void classify(struct conn *c, struct active_op *op, __u32 total)
+static __noinline void classify(struct conn *c, struct ev_scratch *sb, struct active_op *op, __u32 total)
 {
 	__u8 req_dir = request_dir(c);
 	if (c->role == OKE_ROLE_SERVER && !cfg.server_side) {
@@ -789,10 +792,10 @@ static __always_inline void classify(struct conn *c, struct active_op *op, __u32
 		}
 		return;
 	}
-	struct peek p = {};
-	int n = peek_bytes(op, total, &p);
+	struct peek *p = &sb->peek;
+	int n = peek_bytes(sb, op, total);
 	if (c->role != OKE_ROLE_UNKNOWN && c->pending4_valid) {
-		c->verdict = classify_after_lead4(c, &p, n, req_dir) ? CONN_KAFKA : CONN_OTHER;
+		c->verdict = classify_after_lead4(c, sb, n, req_dir) ? CONN_KAFKA : CONN_OTHER;
 		if (c->verdict == CONN_KAFKA) {
 			c->dir[req_dir].synced = 1;
 			c->dir[req_dir ^ 1].synced = 1;
@@ -801,14 +804,14 @@ static __always_inline void classify(struct conn *c, struct active_op *op, __u32
 	}
 	if (c->role != OKE_ROLE_UNKNOWN && n == 4 && total == 4) {
 		/* a size field read alone (a Java broker): decide with the next read */
-		__s32 size = be32(&p.b[0]);
+		__s32 size = be32(&p->b[0]);
 		if (size >= KAFKA_MIN_REQUEST && size <= KAFKA_MAX_FRAME) {
-			__builtin_memcpy(c->pending4, p.b, 4);
+			__builtin_memcpy(c->pending4, p->b, 4);
 			c->pending4_valid = 1;
 			return;
 		}
 	}
-	if (n > 0 && looks_like_kafka_request(&p, n)) {
+	if (n > 0 && looks_like_kafka_request(p, n)) {
 		c->verdict = CONN_KAFKA;
 		c->dir[req_dir].synced = 1;
 		if (c->role != OKE_ROLE_UNKNOWN) {
@@ -818,7 +821,7 @@ static __always_inline void classify(struct conn *c, struct active_op *op, __u32
 			 * (matched by its correlation id) is where responses synchronise */
 			c->dir[req_dir].gap_flags = OKE_GAP_UNSYNCED;
 			c->dir[req_dir ^ 1].gap_flags = OKE_GAP_UNSYNCED;
-			arm_response_resync(c, &p);
+			arm_response_resync(c, p);
 		}
 		return;
 	}
@@ -827,26 +830,30 @@ static __always_inline void classify(struct conn *c, struct active_op *op, __u32
 }
 
 /* At the start of a syscall on an unsynced direction: does a frame begin here? */
-static __always_inline void try_resync(struct conn *c, struct active_op *op, __u32 total)
+/* heads: the heads program, which copies nothing of an unsynced direction (the walker copies it raw, so user
+ * space finds the frame there): a size field read alone that resynchronises is emitted from pending4 (lead4). */
+static __noinline void try_resync(struct conn *c, struct ev_scratch *sb, struct active_op *op, __u32 total,
+				  const bool heads)
 {
 	__u8 dir = op->direction & 1;
 	struct dir_state *d = &c->dir[dir];
 	__u8 req_dir = request_dir(c);
-	struct peek p = {};
-	int n = peek_bytes(op, total, &p);
+	struct peek *p = &sb->peek;
+	int n = peek_bytes(sb, op, total);
 	if (n <= 0)
 		return;
 	bool found = false;
 	if (dir == req_dir) {
-		if (looks_like_kafka_request(&p, n)) {
+		if (looks_like_kafka_request(p, n)) {
 			found = true;
-			arm_response_resync(c, &p);
+			arm_response_resync(c, p);
+			c->rearm = 0;
 		}
 	} else if (c->resync_armed) {
-		if (n >= 8 && be32(&p.b[4]) == c->resync_corr) {
-			__s32 size = be32(&p.b[0]);
+		if (n >= 8 && be32(&p->b[4]) == c->resync_corr) {
+			__s32 size = be32(&p->b[0]);
 			found = size >= 4 && size <= KAFKA_MAX_FRAME;
-		} else if (c->pending4_valid && n >= 4 && be32(&p.b[0]) == c->resync_corr) {
+		} else if (c->pending4_valid && n >= 4 && be32(&p->b[0]) == c->resync_corr) {
 			/* size field came alone in the previous read (the Java client reads it so) */
 			__s32 size = be32(c->pending4);
 			if (size >= 4 && size <= KAFKA_MAX_FRAME) {
@@ -856,15 +863,18 @@ static __always_inline void try_resync(struct conn *c, struct active_op *op, __u
 				d->size_have = 0;
 				c->resync_armed = 0;
 				c->pending4_valid = 0;
+				c->lead4 = heads;
 				return;
 			}
 		}
+		if (heads && c->pending4_valid)
+			count(OKE_CNT_GAP_BYTES, 4);  /* the size field held back was not the awaited response's */
 		c->pending4_valid = total == 4;
 		if (total == 4) {
-			c->pending4[0] = p.b[0];
-			c->pending4[1] = p.b[1];
-			c->pending4[2] = p.b[2];
-			c->pending4[3] = p.b[3];
+			c->pending4[0] = p->b[0];
+			c->pending4[1] = p->b[1];
+			c->pending4[2] = p->b[2];
+			c->pending4[3] = p->b[3];
 		}
 		if (found)
 			c->resync_armed = 0;
@@ -927,74 +937,145 @@ static __always_inline void skip_sendfile(struct conn *c, __u32 n)
 	}
 }
 
-/* A data syscall of a traced socket returned `ret`. */
-static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op op, long ret)
+/* Where this direction of the TCP stream is now, mod 2^32: the next byte the user will read (receive) or
+ * the next byte it queued (send). */
+static __always_inline __u32 tcp_seq_now(__u64 sk, __u8 dir)
 {
-	if (ret <= 0)
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	return (dir & 1) == OKE_DIR_RECV ? BPF_CORE_READ(tp, copied_seq) : BPF_CORE_READ(tp, write_seq);
+}
+
+/* Offset 0 of the direction's stream is at TCP sequence number `seq` less `d->offset`. */
+static __always_inline void learn_seq(struct dir_state *d, __u32 seq)
+{
+	d->seq_base = seq - (__u32)d->offset;
+	d->seq_known = 1;
+}
+
+/* A syscall of direction `dir` moved n bytes of a Kafka connection: the socket's sequence number says where
+ * in the stream they began. Bytes between the direction's offset and there were moved by syscalls this
+ * program never ran for: the kernel skips a run while the program is already running on that CPU (a
+ * run preempted on a preemptible kernel, 7.x: recursion_misses). They become a loss of exact length, and
+ * the frame boundaries are unknown after it. Ahead of there, two syscalls of the direction ran at once
+ * (their bytes' order is unknown) or one only peeked: the base is learnt again. */
+static __noinline void note_unseen(struct conn *c, __u64 sk, __u8 dir, __u32 n)
+{
+	if (!c)
+		return;
+	struct dir_state *d = &c->dir[dir & 1];
+	__u32 first = tcp_seq_now(sk, dir) - n;  /* the sequence number of the syscall's first byte */
+	struct dir_state *other = &c->dir[(dir & 1) ^ 1];
+	if (!other->seq_known)  /* the connection is established: both sequence numbers hold */
+		learn_seq(other, tcp_seq_now(sk, dir ^ 1));
+	if (!d->seq_known) {
+		learn_seq(d, first);
+		return;
+	}
+	__s32 behind = (__s32)(first - d->seq_base - (__u32)d->offset);
+	if (behind <= 0) {
+		if (behind < 0)
+			learn_seq(d, first);
+		return;
+	}
+	pending_flush(c, dir);  /* a frame under way ends before the loss */
+	d->offset += behind;
+	d->gap_flags |= OKE_GAP_MISSED_RUN;
+	count(OKE_CNT_GAP_BYTES, behind);
+	d->synced = 0;
+	d->frame_left = 0;
+	d->size_have = 0;
+	d->layout = LAYOUT_NONE;
+	d->unit = U_NONE;
+	d->unit_left = 0;
+	d->depth = 0;
+	d->step = HEADS_FIXED_PART;  /* 0: the walker's step too */
+	if ((dir & 1) != request_dir(c)) {
+		c->resync_armed = 0;
+		c->rearm = 1;
+	}
+}
+
+/* A data syscall of a traced socket returned `ret`. */
+static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op *op, long ret, struct ev_scratch *sb,
+					 const bool heads)
+{
+	if (ret <= 0 || !op)
 		return;
 	__u64 ts = bpf_ktime_get_ns();
 	__u32 tgid = pid_tgid >> 32;
-	struct conn *c = conn_for(op.sk, op.ino, OKE_ROLE_UNKNOWN, tgid);
+	struct conn *c = conn_for(op->sk, op->ino, OKE_ROLE_UNKNOWN, tgid);
 	if (!c)
 		return;
-	if (op.kind == OP_SENDFILE) {
+	if (op->kind == OP_SENDFILE) {
+		if (c->verdict == CONN_KAFKA && c->open_sent)
+			note_unseen(c, op->sk, OKE_DIR_SEND, ret);
 		skip_sendfile(c, ret);
 		return;
 	}
 	if (c->verdict == CONN_UNKNOWN) {
-		classify(c, &op, ret);
+		if (sb)
+			classify(c, sb, op, ret);
 		if (c->verdict == CONN_OTHER) {
 			count(OKE_CNT_CONN_OTHER, 1);
-			__u64 key = fd_key(tgid, op.fd);
+			__u64 key = fd_key(tgid, op->fd);
 			__u8 v = FD_NOT_KAFKA;
 			bpf_map_update_elem(&fd_verdicts, &key, &v, BPF_ANY);
 			return;
 		}
 		if (c->verdict == CONN_UNKNOWN) {
-			c->dir[op.direction & 1].offset += ret;  /* bytes before detection: not captured */
+			c->dir[op->direction & 1].offset += ret;  /* bytes before detection: not captured */
 			return;
 		}
 	}
 	if (c->verdict != CONN_KAFKA)
 		return;
 	if (!c->open_sent) {
-		if (!emit_open(c, op.sk)) {
-			c->dir[op.direction & 1].offset += ret;
-			c->dir[op.direction & 1].gap_flags |= OKE_GAP_RINGBUF;
+		if (!emit_open(c, op->sk)) {
+			c->dir[op->direction & 1].offset += ret;
+			c->dir[op->direction & 1].gap_flags |= OKE_GAP_RINGBUF;
 			return;
 		}
 		c->open_sent = 1;
-		__u64 key = fd_key(tgid, op.fd);
-		bpf_map_update_elem(&kafka_fds, &key, &op.sk, BPF_ANY);
+		__u64 key = fd_key(tgid, op->fd);
+		bpf_map_update_elem(&kafka_fds, &key, &op->sk, BPF_ANY);
 		__u8 one = 1;  /* its exit will end its connections (classified or forced by port) */
 		bpf_map_update_elem(&kafka_tgids, &tgid, &one, BPF_ANY);
 	}
 	count(OKE_CNT_SYSCALLS, 1);
-	if (!c->dir[op.direction & 1].synced && op.kind != OP_MMSG)
-		try_resync(c, &op, ret);
-	if (op.kind == OP_MMSG) {
+	if (op->kind != OP_MMSG)  /* ret counts messages there: the next syscall's check covers their bytes */
+		note_unseen(c, op->sk, op->direction, ret);
+	struct dir_state *d = &c->dir[op->direction & 1];
+	bool rearm = c->rearm && (op->direction & 1) == request_dir(c) && d->frame_left == 0 && d->size_have == 0;
+	if ((!d->synced || rearm) && op->kind != OP_MMSG && sb)
+		try_resync(c, sb, op, ret, heads);
+	if (op->kind == OP_MMSG) {
 		/* ret counts messages; each message's msg_len bytes are walked like sendmsg/recvmsg */
-		struct mmsghdr *vec = (struct mmsghdr *)op.ptr;
+		struct mmsghdr *vec = (struct mmsghdr *)op->ptr;
+		op->kind = OP_MSG;  /* op is one message of the vector from here on */
 		for (int i = 0; i < OKE_MAX_MMSG; i++) {
 			if (i >= ret)
 				break;
-			struct active_op sub = op;
-			sub.kind = OP_MSG;
-			sub.ptr = (__u64)&vec[i].msg_hdr;
+			op->ptr = (__u64)&vec[i].msg_hdr;
 			__u32 len = 0;
 			if (bpf_probe_read_user(&len, sizeof(len), &vec[i].msg_len))
 				break;
-			process_op(c, &sub, len, ts);
+			if (heads)
+				heads_op(c, op, len, ts, sb);
+			else
+				process_op(c, op, len, ts, sb);
 		}
 		return;
 	}
-	process_op(c, &op, ret, ts);
+	if (heads)
+		heads_op(c, op, ret, ts, sb);
+	else
+		process_op(c, op, ret, ts, sb);
 }
 
 /* ---- the raw syscall exit tracepoint: one program for every syscall ---- */
 
 /* connect()/accept() tell the role, and that both streams start here */
-static __always_inline void new_conn(__u32 tgid, int fd, __u8 role)
+static __noinline void new_conn(__u32 tgid, int fd, __u8 role)
 {
 	__u64 key = fd_key(tgid, fd);
 	bpf_map_delete_elem(&fd_verdicts, &key);
@@ -1010,11 +1091,17 @@ static __always_inline void new_conn(__u32 tgid, int fd, __u8 role)
 		pending_flush(old, OKE_DIR_RECV);
 		bpf_map_delete_elem(&conns, &sk_ptr);
 	}
-	conn_for(sk_ptr, ino, role, tgid);
+	struct conn *c = conn_for(sk_ptr, ino, role, tgid);
+	if (!c)
+		return;
+	/* both streams start here: a first syscall the program never runs for is a loss it can tell */
+	learn_seq(&c->dir[OKE_DIR_SEND], tcp_seq_now(sk_ptr, OKE_DIR_SEND));
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_ESTABLISHED)  /* else the peer's is not known yet */
+		learn_seq(&c->dir[OKE_DIR_RECV], tcp_seq_now(sk_ptr, OKE_DIR_RECV));
 }
 
 /* fd was closed: its cached verdict no longer holds, and a Kafka connection on it ends. */
-static __always_inline void on_close(__u32 tgid, int fd)
+static __noinline void on_close(__u32 tgid, int fd)
 {
 	__u64 key = fd_key(tgid, fd);
 	if (bpf_map_lookup_elem(&fd_verdicts, &key)) {
@@ -1057,8 +1144,8 @@ static __always_inline void on_close(__u32 tgid, int fd)
 	bpf_map_delete_elem(&conns, &sk_ptr);
 }
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
+/* heads: the fallback program's data path (bpf/heads.bpf.h) instead of the frame walker's */
+static __always_inline int on_sys_exit(struct pt_regs *regs, long ret, const bool heads)
 {
 	__u8 kind, direction;
 	switch (OKE_SYSCALL_NR(regs)) {
@@ -1111,11 +1198,28 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 		new_conn(tgid, ret, OKE_ROLE_SERVER);
 		return 0;
 	}
-	struct active_op op = {};
+	struct ev_scratch *sb = scratch_get();
+	if (!sb)
+		return 0;  /* never: the map has an entry for every possible CPU */
+	struct active_op *op = &sb->op;
+	__builtin_memset(op, 0, sizeof(*op));
 	if (data_op(tgid, OKE_SYSCALL_ARG1(regs), OKE_SYSCALL_ARG2(regs),
-		    kind == OP_MSG ? 0 : OKE_SYSCALL_ARG3(regs), kind, direction, &op))
-		on_data_exit(pid_tgid, op, ret);
+		    kind == OP_MSG ? 0 : OKE_SYSCALL_ARG3(regs), kind, direction, op))
+		on_data_exit(pid_tgid, op, ret, sb, heads);
 	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
+{
+	return on_sys_exit(regs, ret, false);
+}
+
+/* The fallback, loaded instead of sys_exit when a kernel refuses the walker (capture/loader.py). */
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sys_exit_heads, struct pt_regs *regs, long ret)
+{
+	return on_sys_exit(regs, ret, true);
 }
 
 /* What a process that exits left unfinished of its frames goes out before its exit event (it never

@@ -44,6 +44,7 @@ enum oke_gap_flag {
 	OKE_GAP_UNSYNCED  = 1 << 4,  /* payload does not start on a known frame boundary */
 	OKE_GAP_LOOP      = 1 << 5,  /* frame walker hit its iteration bound */
 	OKE_GAP_SENDFILE  = 1 << 6,  /* bytes sent from a file by sendfile(): never in user memory */
+	OKE_GAP_MISSED_RUN = 1 << 7, /* bytes of syscalls the program never ran for (the kernel skipped the run) */
 };
 
 enum oke_data_flag {
@@ -54,6 +55,7 @@ enum oke_data_flag {
 enum oke_skip_reason {
 	OKE_SKIP_RECORDS = 1,  /* the records after a record batch's header (digest) */
 	OKE_SKIP_SASL    = 2,  /* SaslHandshake/SaslAuthenticate bodies: credentials never leave the kernel */
+	OKE_SKIP_HEADS   = 3,  /* a frame's body (the fallback program, bpf/heads.bpf.h, copies heads only) */
 };
 
 enum oke_capture_mode {
@@ -146,7 +148,7 @@ struct oke_config {
 	__u32 capture_mode;          /* OKE_MODE_*: which layouts user space loaded (informative) */
 	__u32 record_prefix;         /* record bytes copied after the header of an uncompressed batch */
 	__u32 wakeup_bytes;          /* wake the reader only once this much data waits (0: every event) */
-	__u32 pad0;
+	__u32 refuse_walker;         /* tests: the frame walker does what the verifier refuses (the fallback's test) */
 };
 
 /* ---- digest layouts: what the walker copies and skips of a frame body, one op after another ---- */

@@ -9,11 +9,63 @@
 #define OKE_PENDING_BYTES 2048  /* an unfinished event bigger than this is sent rather than kept */
 #define OKE_PENDING_SKIPS 16
 
+/* A data syscall of a TCP socket that just returned. */
+struct active_op {
+	__u64 sk;
+	__u64 ino;
+	__u64 ptr;           /* buffer, iovec array, msghdr or mmsghdr array */
+	__u32 count;         /* buffer length, iovcnt or vlen */
+	__u8  kind;
+	__u8  direction;
+	__u16 pad0;
+	__u32 fd;
+	__u32 pad1;
+};
+
+/* The first bytes of a syscall, across iovecs, for detection and resynchronisation. */
+struct peek {
+	__u8 b[64];  /* 16 used; the rest keeps masked variable-offset reads in bounds */
+};
+
+/* The frame walk through the bytes of one syscall. */
+struct walk {
+	__u64 iov;           /* user iovec array, 0 for a plain buffer */
+	__u32 iovcnt;
+	__u32 seg;           /* current iovec */
+	__u32 total;         /* bytes the syscall moved */
+	__u32 covered;       /* bytes of the syscall in segments loaded so far */
+	__u64 ptr;           /* current segment's user buffer */
+	__u32 len;
+	__u32 pos;           /* next byte of the segment to walk */
+	__u64 base_offset;   /* stream offset of ptr[0] */
+	__u64 start;         /* stream offset of the syscall's first byte */
+	__u64 ts;
+	__u8  direction;
+	__u8  is_request;    /* this direction carries requests */
+	__u8  failed;
+	__u8  done;
+	__u8  end_frame;     /* the frame ended with its head: end it once the head is digested */
+	__u8  pad0[3];
+};
+
+/* Per CPU, while one syscall is walked. Everything larger than a few words lives here rather
+ * than on the stack: the verifier allows 512 bytes for a whole call chain (the program, the walk
+ * callback and the functions it calls), and the margin under it is what lets the object load on
+ * kernels and compilers other than the ones it was built and tested with (tests/unit/test_headroom.py). */
 struct ev_scratch {
 	struct oke_data_event ev;              /* ev.type 0: no event open */
 	__u8  payload[2 * OKE_CHUNK_SIZE];     /* ev.len used; room for one more append and the skip table */
 	struct oke_skip skips[OKE_MAX_SKIPS];
 	__u64 wire_end;                        /* stream offset after the last byte the event covers */
+	struct active_op op;                   /* the data syscall that returned */
+	struct walk w;
+	struct peek peek;                      /* the syscall's first bytes */
+	struct peek lead;                      /* a lone size field and the next read's first bytes */
+	union {                                /* user structures read on the way to the bytes */
+		struct user_msghdr msg;
+		struct mmsghdr mm;
+		struct iovec v;
+	} u;
 };
 
 /* One entry per CPU (the loader sets max_entries): too big for a per-CPU array's value. */
@@ -55,6 +107,17 @@ static __always_inline __u64 ringbuf_flags(void)
 										 : BPF_RB_NO_WAKEUP;
 }
 
+/* &sb->payload[off] for off <= max, or NULL. The offset is checked in the very register the pointer is
+ * made from: 6.1's verifier does not carry a check over to a copy the compiler spilled before it. */
+static __always_inline __u8 *payload_at(struct ev_scratch *sb, __u32 off32, __u32 max)
+{
+	__u64 off = off32;
+	barrier_var(off);
+	if (off > max)
+		return NULL;
+	return &sb->payload[off];
+}
+
 /* Open an event at stream offset `at`; the direction's loss reasons move into it. */
 static __always_inline void ev_begin(struct ev_scratch *sb, struct conn *c, struct dir_state *d, __u8 dir,
 				     __u64 at, __u64 ts, __u16 flags)
@@ -90,10 +153,19 @@ static __always_inline void ev_flush(struct ev_scratch *sb, struct dir_state *d)
 	__u32 n = e->n_skips;
 	if (len > OKE_CHUNK_SIZE || n > OKE_MAX_SKIPS)
 		return;
+	__u8 *table = payload_at(sb, len, OKE_CHUNK_SIZE);
+	if (!table)
+		return;
 	if (n)  /* the skip table follows the payload */
-		bpf_probe_read_kernel(&sb->payload[len], n * sizeof(struct oke_skip), sb->skips);
+		bpf_probe_read_kernel(table, n * sizeof(struct oke_skip), sb->skips);
+	/* the size passed is bounded in its own register (6.1's verifier loses the bound of a sum whose
+	 * parts were checked before a spill) */
+	__u64 size = sizeof(*e) + len + n * sizeof(struct oke_skip);
+	barrier_var(size);
+	if (size > sizeof(*e) + OKE_CHUNK_SIZE + OKE_MAX_SKIPS * sizeof(struct oke_skip))
+		return;
 	e->type = OKE_EV_DATA;
-	if (bpf_ringbuf_output(&events, e, sizeof(*e) + len + n * sizeof(struct oke_skip), ringbuf_flags())) {
+	if (bpf_ringbuf_output(&events, e, size, ringbuf_flags())) {
 		d->gap_flags |= OKE_GAP_RINGBUF | e->gap_flags;
 		count(OKE_CNT_RINGBUF_DROPS, 1);
 		count(OKE_CNT_GAP_BYTES, sb->wire_end - e->offset);
@@ -115,7 +187,8 @@ static __always_inline int ev_put_user(struct ev_scratch *sb, __u64 src, __u32 n
 	barrier_var(size);
 	if (size > OKE_CHUNK_SIZE)
 		return -1;
-	if (bpf_probe_read_user(&sb->payload[len], size, (void *)src))
+	__u8 *dst = payload_at(sb, len, OKE_CHUNK_SIZE - 1);
+	if (!dst || bpf_probe_read_user(dst, size, (void *)src))
 		return -1;
 	sb->ev.len = len + size;
 	return 0;

@@ -36,7 +36,7 @@ struct dir_state {
 	__u8  unit;          /* enum unit_kind */
 	__u8  have;          /* U_FIELD, U_VARINT: bytes accumulated */
 	__u8  skip_reason;   /* U_SKIP: OKE_SKIP_* */
-	__u8  pad0;
+	__u8  seq_known;     /* seq_base is learnt */
 	__u32 unit_left;     /* bytes left in the unit (U_VARINT: unused) */
 	__u32 acc;           /* the field read last */
 	__u32 aux;           /* op-specific: tagged fields left; api key and version of the frame */
@@ -44,6 +44,8 @@ struct dir_state {
 	__u32 batch_left;    /* records of the current batch not yet walked */
 	__u32 loop_left[OKE_MAX_DEPTH];
 	__u8  loop_pc[OKE_MAX_DEPTH];
+	__u32 seq_base;      /* TCP sequence number of stream offset 0, mod 2^32 (note_unseen) */
+	__u32 pad1;
 };
 
 /* A request whose response has a layout: responses come in request order on a connection. */
@@ -72,7 +74,8 @@ struct conn {
 	__u8  lead4;         /* classified on a request whose size field came alone: emit pending4 first */
 	__u8  inflight_head; /* next slot of inflight to write */
 	__u8  inflight_n;    /* slots in use, the oldest at inflight_head - inflight_n */
-	__u8  pad1[3];
+	__u8  rearm;         /* responses lost their sync: the next request says which response resyncs them */
+	__u8  pad1[2];
 	struct inflight inflight[OKE_INFLIGHT];
 };
 

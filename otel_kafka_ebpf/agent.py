@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import platform
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable
 
@@ -24,7 +26,7 @@ _DECODER_PROBLEMS = ("malformed", "truncated", "lost_responses", "unmatched", "a
 class Agent:
     def __init__(self, cfg: AgentConfig, *, live: bool, on_annotation: Callable[[Annotation], None] | None = None,
                  capture_counters: Callable[[], dict] | None = None, start_ns: int | None = None,
-                 transport=None) -> None:
+                 transport=None, capture_program: Callable[[], tuple] | None = None) -> None:
         self.cfg = cfg
         a = cfg.agent
         self.processes = ProcessDirectory(host_name=a.host_name or socket.gethostname(), command_args=a.command_args,
@@ -49,6 +51,8 @@ class Agent:
             lookup = BrokerLookup()
         self.lookup = lookup
         self.capture_counters = capture_counters or dict
+        self.capture_program = capture_program  # () -> (program loaded or None, the kernel's refusal or None)
+        self._degraded_resource = False
         self.pipeline = Pipeline(processes=self.processes, correlator=correlator, broker_traffic=a.broker_traffic,
                                  on_annotation=on_annotation, lookup=lookup, discover_metadata=a.discover_metadata,
                                  poll_high_watermarks=a.poll_high_watermarks)
@@ -86,6 +90,30 @@ class Agent:
             self.lookup.close()
         self.exporter.shutdown(timeout_s)
 
+    def _capture_figures(self) -> list[Figure]:
+        """Which program the capture runs, and the kernel's refusal of the walker (by kernel release,
+        so that a fleet learns which kernels refuse); the agent's own resource says it too."""
+        loaded, refusal = self.capture_program() if self.capture_program else (None, None)
+        if not loaded:
+            return []
+        from .capture.loader import WALKER
+        from .sinks import otlp_wire as wire
+
+        degraded = loaded != WALKER
+        if degraded and not self._degraded_resource:
+            attrs = dict(self.resources.agent_attributes)
+            attrs.update({"otel_kafka_ebpf.capture.program": loaded, "otel_kafka_ebpf.capture.degraded": True})
+            self.health.resource = wire.resource(attrs)
+            self._degraded_resource = True
+        out = [Figure("otel_kafka_ebpf.capture.degraded", "1",
+                      "1 while the capture runs on the fallback program (frame heads only)", None,
+                      [({"program": loaded}, int(degraded))])]
+        if refusal is not None:
+            out.append(Figure("otel_kafka_ebpf.bpf.refusals", "{program}", "BPF programs the kernel refused", True,
+                              [({"program": refusal.program, "os.version": platform.release(),
+                                 "reason": refusal.reason[:200]}, 1)]))
+        return out
+
     def figures(self) -> list[Figure]:
         c = self.capture_counters() or {}
         d = self.pipeline.decoder.summary()
@@ -99,6 +127,9 @@ class Agent:
                    [({}, c.get("bytes", 0))]),
             Figure("otel_kafka_ebpf.capture.lost_events", "{event}", "events lost to a full ring buffer", True,
                    [({}, c.get("ringbuf_drops", 0))]),
+            Figure("otel_kafka_ebpf.capture.missed_runs", "{run}",
+                   "runs of the BPF programs the kernel skipped (syscalls never seen; their bytes are gaps)", True,
+                   [({}, c.get("missed_runs", 0))]),
             Figure("otel_kafka_ebpf.capture.gap_bytes", "By", "Kafka bytes not captured (reported as gaps)", True,
                    [({}, d.get("gap_bytes", 0))]),
             Figure("otel_kafka_ebpf.capture.kafka_connections", "{connection}", "connections classified Kafka",
@@ -119,6 +150,7 @@ class Agent:
             Figure("otel_kafka_ebpf.batches.waiting", "{batch}", "batches waiting for their cluster, topic or group",
                    None, [({}, self.pipeline.correlator.parked)]),
         ]
+        out.extend(self._capture_figures())
         return out
 
     def summary(self) -> str:

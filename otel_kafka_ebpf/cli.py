@@ -112,7 +112,7 @@ def _capture_settings(cfg):
     return CaptureSettings(frame_budget=c.frame_budget, ringbuf_bytes=(c.ringbuf_mb or 0) << 20,
                            pids=set(c.pids), cgroup_path=c.cgroup, kafka_ports=tuple(c.kafka_ports),
                            ports_only=c.ports_only, server_side=c.server_side, mode=c.mode,
-                           record_prefix=c.record_prefix)
+                           record_prefix=c.record_prefix, walker=c.walker, simulate_refusal=c.simulate_refusal)
 
 
 def _preflight() -> str | None:
@@ -168,6 +168,7 @@ def _report_counters(live, out=sys.stderr) -> None:
           f"{c.get('conn_kafka', 0)} Kafka connections; lost {c.get('ringbuf_drops', 0)} events to a full ring "
           f"buffer; {s.gaps} gaps ({s.gap_bytes} bytes not captured); {c.get('skipped_bytes', 0)} bytes left in the "
           f"kernel on purpose (record payloads, SASL)"
+          + (f"; the kernel skipped {c['missed_runs']} program runs (their bytes are gaps)" if c.get("missed_runs") else "")
           + (f"; {c['undecoded_at_stop']} events queued at stop not decoded" if c.get("undecoded_at_stop") else ""),
           file=out)
 
@@ -182,7 +183,11 @@ def cmd_settings(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import doctor
 
-    return doctor(sys.stdout)
+    try:
+        settings = _capture_settings(_load(args))
+    except Exception:  # doctor must run even with broken settings: those are reported elsewhere
+        settings = None
+    return doctor(sys.stdout, settings)
 
 
 def _recording_writer(path: str):
@@ -279,7 +284,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     writer = _recording_writer(args.record) if args.record else None
     try:
         agent = Agent(cfg, live=True, on_annotation=writer.write if writer else None,
-                      capture_counters=live.current_counters)
+                      capture_counters=live.current_counters,
+                      capture_program=lambda: (live.loaded, live.refusal))
     except BaseException:
         if writer is not None:
             writer.close()
@@ -350,7 +356,8 @@ def cmd_top(args: argparse.Namespace) -> int:
             sys.stdout.write(view.render(agent.pipeline.now_ns))
         return _damage(events)
     live = _live(args, cfg)
-    agent = Agent(cfg, live=True, capture_counters=live.current_counters)
+    agent = Agent(cfg, live=True, capture_counters=live.current_counters,
+                  capture_program=lambda: (live.loaded, live.refusal))
     agent.pipeline.add_sink(TopView(agent.metrics, agent.resources, sys.stdout, clear=sys.stdout.isatty()))
     live.on_poll = agent.pipeline.tick
     try:

@@ -18,6 +18,8 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .capture.events import MAX_KAFKA_PORTS
+
 
 class ConfigError(Exception):
     """A setting the agent cannot use; str() is one line for the user."""
@@ -52,6 +54,10 @@ class CaptureConfig(_Table):
     kafka_ports: list[int] = Field(default_factory=list, description="ports always treated as Kafka")
     ports_only: bool = Field(False, description="only connections on kafka_ports")
     server_side: bool = Field(False, description="also capture connections processes accepted (brokers)")
+    walker: Literal["auto", "heads"] = Field("auto", description="auto: the frame walker, or frame heads only if "
+                                              "the kernel refuses it; heads: frame heads only")
+    simulate_refusal: bool = Field(False, description="testing aid: the frame walker does what the verifier "
+                                   "refuses, so the agent falls back as on a kernel that refuses it")
 
     @field_validator("kafka_ports")
     @classmethod
@@ -59,8 +65,8 @@ class CaptureConfig(_Table):
         bad = [p for p in v if not 0 < p < 65536]
         if bad:
             raise ValueError(f"not a TCP port: {bad[0]}")
-        if len(v) > 8:
-            raise ValueError("at most 8 ports")
+        if len(v) > MAX_KAFKA_PORTS:
+            raise ValueError(f"at most {MAX_KAFKA_PORTS} ports")
         return v
 
     @field_validator("pids")

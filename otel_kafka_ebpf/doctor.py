@@ -183,15 +183,45 @@ def check_bpf_objects() -> Check:
     return Check("BPF objects", False, f"{path} missing", "run `make bpf` in the source tree")
 
 
+def check_bpf_load(settings=None) -> Check:
+    """Load and attach the real object with the settings in force, as `run` does, and detach."""
+    from .capture.live import degraded_line
+    from .capture.loader import CaptureError, CaptureProgram, CaptureSettings
+
+    settings = settings or CaptureSettings()
+    try:
+        prog = CaptureProgram(settings, lambda event: None).open()
+    except CaptureError as exc:
+        return Check("BPF load", False, str(exc),
+                     "run `otel-kafka-ebpf doctor` as root; if the kernel refuses a program, report the line above "
+                     "with `uname -r` (the README lists the kernels tested)")
+    try:
+        stats = ", ".join(f"{name} {s.insns:,} instructions verified in {s.usec / 1000:.0f} ms"
+                          for name, s in sorted(prog.verifier_stats.items()))
+        if prog.degraded:
+            return Check("BPF load", False, degraded_line(prog.refusal),
+                         "a kernel listed in the README, or report `uname -r` and the line above", required=False)
+        return Check("BPF load", True, f"{settings.mode} mode loads and attaches ({stats}; "
+                     f"{prog.load_seconds:.2f} s in all)")
+    finally:
+        prog.close()
+
+
 CHECKS: tuple[Callable[[], Check], ...] = (
     check_privileges, check_btf, check_kernel_version, check_bpf_syscall, check_ringbuf,
     check_syscall_tracepoints, check_uprobes, check_libbpf, check_bpf_objects, check_process_details,
 )
 
 
-def run_checks() -> list[Check]:
+def run_checks(settings=None) -> list[Check]:
     results = []
-    for check in CHECKS:
+    checks = list(CHECKS)
+    if os.geteuid() == 0 or _has(_effective_caps(), CAP_BPF):
+        def check_bpf_load_in_force() -> Check:  # the real thing, once it can be tried
+            return check_bpf_load(settings)
+
+        checks.append(check_bpf_load_in_force)
+    for check in checks:
         try:
             results.append(check())
         except Exception as exc:  # a check that breaks is a failed check, not a crash
@@ -199,8 +229,8 @@ def run_checks() -> list[Check]:
     return results
 
 
-def doctor(out: TextIO) -> int:
-    results = run_checks()
+def doctor(out: TextIO, settings=None) -> int:
+    results = run_checks(settings)
     for r in results:
         mark = "ok  " if r.ok else ("FAIL" if r.required else "warn")
         line = f"{mark} {r.name}: {r.detail}"

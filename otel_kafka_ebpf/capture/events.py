@@ -1,4 +1,6 @@
-"""Python mirror of bpf/capture.h (tests/unit/test_event_layout.py checks it against the object's BTF)."""
+"""Python mirror of bpf/capture.h: its structs (tests/unit/test_event_layout.py checks them against the object's
+BTF), limits and enums (tests/unit/test_capture_constants.py checks them against the header). Other modules
+take them from here."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ MAX_KAFKA_PORTS = 8
 LAYOUT_OPS = 64
 MAX_LAYOUTS = 64
 MAX_DEPTH = 4
+INFLIGHT = 8  # requests remembered per connection whose responses have a layout
 
 EV_OPEN, EV_DATA, EV_CLOSE, EV_EXIT = 1, 2, 3, 4
 
@@ -22,11 +25,13 @@ GAP_USER_COPY = 1 << 3
 GAP_UNSYNCED = 1 << 4
 GAP_LOOP = 1 << 5
 GAP_SENDFILE = 1 << 6
+GAP_MISSED_RUN = 1 << 7
 
 DATA_FRAME_START = 1 << 0
 
-SKIP_RECORDS = 1
+SKIP_RECORDS = 1  # enum oke_skip_reason
 SKIP_SASL = 2
+SKIP_HEADS = 3
 
 MODE_DIGEST, MODE_FULL = 0, 1
 
@@ -116,7 +121,7 @@ class Config(ctypes.Structure):
         ("capture_mode", c_uint32),
         ("record_prefix", c_uint32),
         ("wakeup_bytes", c_uint32),
-        ("pad0", c_uint32),
+        ("refuse_walker", c_uint32),
     ]
 
 

@@ -17,13 +17,13 @@ import struct
 from collections import OrderedDict
 from typing import NamedTuple
 
+from .events import INFLIGHT, SKIP_RECORDS, SKIP_SASL
+
 OP_STOP, OP_COPY, OP_STR16, OP_CSTR, OP_TAGS, OP_ARRAY, OP_CARRAY, OP_END, OP_RECORDS, OP_CRECORDS, \
     OP_SKIP_REST = range(11)
 
 PRODUCE, FETCH, SASL_HANDSHAKE, SASL_AUTHENTICATE, SHARE_FETCH = 0, 1, 17, 36, 78
 BATCH_HEADER = 61
-SKIP_RECORDS, SKIP_SASL = 1, 2  # bpf/capture.h enum oke_skip_reason
-INFLIGHT = 8  # OKE_INFLIGHT: requests remembered per connection whose responses have a layout
 
 Op = tuple[int, int]  # (op, arg)
 
@@ -364,10 +364,10 @@ def digest_streams(events, mode: str = "digest", record_prefix: int = 0, server_
     into what a capture in `mode` gives: per frame, StreamData runs and StreamGap(RECORDS_SKIPPED or
     SASL) ranges, or (`fused`, as the live capture sends them) one StreamData with its `skips`.
     The reference for the kernel's digest, and the way tests make digests of recorded traffic."""
-    from .streams import ConnectionClosed, Direction, GapReason, StreamData, StreamGap
+    from .reassembly import SKIP_REASONS as reasons
+    from .streams import ConnectionClosed, Direction, StreamData, StreamGap
 
     table = layouts_for(mode)
-    reasons = {SKIP_RECORDS: GapReason.RECORDS_SKIPPED, SKIP_SASL: GapReason.SASL}
     buffers: dict[tuple[int, int], list] = {}  # (conn, direction) -> [bytearray, stream offset of [0], ts]
     conns: dict[int, ConnectionDigest] = {}
     out = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 from collections import deque
 from ctypes import CFUNCTYPE, POINTER, c_char_p, c_int, c_size_t, c_uint32, c_void_p
 
@@ -63,6 +64,22 @@ def verifier_log() -> str:
     return "\n".join(_log)
 
 
+_REASON_SKIP = re.compile(r"^(processed \d+ insns|verification time|stack depth|Func#|Validating|"
+                          r"-- (BEGIN|END) PROG LOAD LOG|\d+: |; |from \d+ to|mark_precise|last_idx|"
+                          r"frame\d|R\d+=|\s*$)")
+
+
+def verifier_reason(log: str) -> str | None:
+    """The verifier's reason for refusing a program, as one line: the last line of its log that
+    is neither an instruction, a state dump nor the closing statistics; None in the log of a
+    program it accepted."""
+    for line in reversed(log.splitlines()):
+        line = line.strip()
+        if line and not _REASON_SKIP.match(line):
+            return line
+    return None
+
+
 def _check_int(result, func, args):
     if result < 0:
         raise LibbpfError(func.__name__, -result, last_log())
@@ -90,8 +107,15 @@ _SIGNATURES = {
     "bpf_object__next_program": (c_void_p, [c_void_p, c_void_p], None),
     "bpf_program__name": (c_char_p, [c_void_p], None),
     "bpf_program__attach": (c_void_p, [c_void_p], _check_ptr),
+    "bpf_program__fd": (c_int, [c_void_p], _check_int),
     "bpf_program__set_autoload": (c_int, [c_void_p, ctypes.c_bool], _check_int),
+    "bpf_program__set_log_level": (c_int, [c_void_p, c_uint32], _check_int),
+    "bpf_program__set_log_buf": (c_int, [c_void_p, c_void_p, c_size_t], _check_int),
     "bpf_link__destroy": (c_int, [c_void_p], None),
+    "bpf_object__btf": (c_void_p, [c_void_p], None),
+    "btf__find_by_name_kind": (c_int, [c_void_p, c_char_p, c_uint32], None),
+    "btf__type_by_id": (c_void_p, [c_void_p, c_uint32], None),
+    "btf__name_by_offset": (c_char_p, [c_void_p, c_uint32], None),
     "bpf_map__name": (c_char_p, [c_void_p], None),
     "bpf_map__fd": (c_int, [c_void_p], _check_int),
     "bpf_map__set_max_entries": (c_int, [c_void_p, c_uint32], _check_int),
@@ -137,6 +161,50 @@ def _version(lib: ctypes.CDLL) -> str:
 
 def lib() -> ctypes.CDLL:
     return _load()
+
+
+BTF_KIND_STRUCT, BTF_KIND_DATASEC = 4, 15
+
+
+def struct_members(obj: int, name: str) -> dict[str, int]:
+    """{member: byte offset} of a struct as the object's BTF lays it out (the kernel side's truth)."""
+    L = _load()
+    btf = L.bpf_object__btf(obj)
+    sid = L.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT) if btf else -1
+    if sid < 0:
+        return {}
+    t = L.btf__type_by_id(btf, sid)
+    _name_off, info, _size = ctypes.cast(t, POINTER(c_uint32 * 3)).contents
+    vlen, kflag = info & 0xFFFF, info >> 31
+    members = ctypes.cast(t + 12, POINTER(c_uint32 * (3 * vlen))).contents
+    out = {}
+    for i in range(vlen):
+        name_off, _type, offset = members[3 * i], members[3 * i + 1], members[3 * i + 2]
+        bits = offset & 0xFFFFFF if kflag else offset
+        out[(L.btf__name_by_offset(btf, name_off) or b"").decode()] = bits // 8
+    return out
+
+
+def datasec_variables(obj: int, section: str) -> dict[str, tuple[int, int]]:
+    """{variable: (offset, size)} of a data section (".rodata", ".bss") as the object's BTF lays it out."""
+    L = _load()
+    btf = L.bpf_object__btf(obj)
+    if not btf:
+        return {}
+    sec_id = L.btf__find_by_name_kind(btf, section.encode(), BTF_KIND_DATASEC)
+    if sec_id < 0:
+        return {}
+    t = L.btf__type_by_id(btf, sec_id)
+    _name_off, info, _size = ctypes.cast(t, POINTER(c_uint32 * 3)).contents
+    vlen = info & 0xFFFF
+    infos = ctypes.cast(t + 12, POINTER(c_uint32 * (3 * vlen))).contents
+    out = {}
+    for i in range(vlen):
+        var_id, offset, size = infos[3 * i], infos[3 * i + 1], infos[3 * i + 2]
+        var = L.btf__type_by_id(btf, var_id)
+        name = L.btf__name_by_offset(btf, ctypes.cast(var, POINTER(c_uint32)).contents.value)
+        out[(name or b"").decode()] = (offset, size)
+    return out
 
 
 def map_lookup(fd: int, key: ctypes._SimpleCData | ctypes.Structure, value) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -12,12 +13,13 @@ from typing import Callable
 
 from .events import ExitEvent
 from .libbpf import map_delete, map_keys
-from .loader import POLL_BATCH, CaptureProgram, CaptureSettings
+from .loader import HEADS, POLL_BATCH, CaptureProgram, CaptureSettings, ProgramRefused
 from .reassembly import StreamAssembler
 from .streams import StreamEvent
 
 DRAIN_S = 2.0  # by default, at most this long to drain the ring buffer after a stop
 SWEEP_S = 10.0  # how often the kernel's fd verdicts of exited processes are dropped
+MISSED_CHECK_S = 1.0  # how often the kernel's count of skipped program runs is read
 SWEEP_SHARE = 0.01  # and never more of the time than this (a host with many processes has many verdicts)
 
 
@@ -35,6 +37,22 @@ def forget_exited_fds(fd_verdicts: int) -> int:
         if not alive[tgid]:
             removed += map_delete(fd_verdicts, key)
     return removed
+
+
+def degraded_line(refusal: ProgramRefused | None) -> str:
+    """What the user is told, in one line, when the capture runs on the heads program."""
+    what = (f"running degraded on '{HEADS}': frame heads only (requests, clients and latencies; no topics, "
+            f"offsets or lag)")
+    if refusal is None:
+        return f"walker = heads: {what}"
+    return f"{refusal} -- {what}"
+
+
+def missed_runs_line(missed: int) -> str:
+    """What the user is told, once, when the kernel first skips a run of the capture's programs."""
+    return (f"the kernel skipped {missed} run(s) of the capture's BPF programs (recursion_misses: a run preempted "
+            f"on this CPU, as on preemptible 7.x kernels): the bytes of those syscalls are reported as gaps "
+            f"(counter missed_runs, gap reason MISSED_RUN), the decoder resynchronises after each")
 
 
 class LiveCapture:
@@ -57,6 +75,8 @@ class LiveCapture:
         self.assembler = StreamAssembler()
         self.program: CaptureProgram | None = None
         self.counters: dict[str, int] = {}
+        self.loaded: str | None = None           # the syscall exit program loaded
+        self.refusal: ProgramRefused | None = None  # the kernel's refusal of the walker, if it refused it
 
     def stop(self) -> None:
         self._stop.set()
@@ -80,8 +100,13 @@ class LiveCapture:
             pending.extend(self.assembler.feed_data_record(raw))
 
         next_sweep = time.monotonic() + SWEEP_S
+        next_missed_check = time.monotonic() + MISSED_CHECK_S
+        missed_told = False
         with CaptureProgram(self.settings, on_event, on_data_record) as prog:
             self.program = prog
+            self.loaded, self.refusal = prog.program, prog.refusal
+            if prog.degraded:
+                print(f"otel-kafka-ebpf: {degraded_line(prog.refusal)}", file=sys.stderr, flush=True)
             if self.on_ready:
                 self.on_ready()
             stop = self._stop
@@ -96,6 +121,12 @@ class LiveCapture:
                         self.on_poll()
                     while exited:
                         prog.forget_process(exited.pop())
+                    if not missed_told and time.monotonic() >= next_missed_check:
+                        next_missed_check = time.monotonic() + MISSED_CHECK_S
+                        missed = prog.missed_runs()
+                        if missed:
+                            print(f"otel-kafka-ebpf: {missed_runs_line(missed)}", file=sys.stderr, flush=True)
+                            missed_told = True
                     if time.monotonic() >= next_sweep:
                         began = time.monotonic()
                         forget_exited_fds(prog._maps["fd_verdicts"])  # the loader's map; the sweep is the reader's

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from . import events as ev
 from .layouts import layouts_for
-from .libbpf import LibbpfError, lib, map_delete, map_keys, map_lookup, map_update
+from .libbpf import (LibbpfError, datasec_variables, lib, map_delete, map_keys, map_lookup, map_update, struct_members,
+                     verifier_reason)
 from .ringbuf import RingBuffer
 
 OBJ_DIR = os.path.join(os.path.dirname(__file__), "obj")
@@ -44,10 +47,51 @@ class CaptureSettings:
     mode: str = "digest"  # digest: record batch headers, not records; full: frames under the budget
     record_prefix: int = 0  # digest: record bytes copied after each uncompressed batch's header
     wakeup_bytes: int | None = None  # None: DEFAULT_WAKEUP_BYTES, at most a quarter of the ring buffer
+    walker: str = "auto"  # auto: the frame walker, or the heads program if the kernel refuses it; heads: that only
+    simulate_refusal: bool = False  # tests: the walker does what every verifier refuses, so the fallback runs
+
+
+# The programs on the raw syscall exit: one of them is loaded. The frame walker (digest and full
+# modes), and the fallback a kernel that refuses the walker gets: frame heads only, no bpf_loop.
+WALKER, HEADS = "sys_exit", "sys_exit_heads"
+WALKERS = ("auto", "heads")
 
 
 class CaptureError(Exception):
     """The capture could not start; the message is one line for the user."""
+
+
+class ProgramRefused(CaptureError):
+    """The kernel's verifier refused a program: which, and its reason (one line)."""
+
+    def __init__(self, program: str, reason: str):
+        self.program = program
+        self.reason = reason
+        super().__init__(f"the kernel refused BPF program '{program}': {reason}")
+
+
+@dataclass(frozen=True)
+class VerifierStats:
+    """What the verifier reported for one program it accepted (log level 4: statistics)."""
+    insns: int          # instructions processed (the kernel's limit: 1,000,000)
+    usec: int           # verification time
+    stack: str          # stack depth per frame, as the kernel prints it ("144+0+64")
+
+
+VERIFIER_LOG_BYTES = 1 << 16
+_STATS = re.compile(r"processed (\d+) insns")
+_TIME = re.compile(r"verification time (\d+) usec")
+_DEPTH = re.compile(r"stack depth ([\d+]+)")
+
+
+def recursion_misses(fdinfo: str) -> int:
+    """A loaded program's `recursion_misses` from its /proc/<pid>/fdinfo text: the runs the kernel skipped because
+    the program was already running on that CPU (a run preempted by another task's syscall, on a preemptible
+    kernel). 0 where the kernel does not count them (before 5.12)."""
+    for line in fdinfo.splitlines():
+        if line.startswith("recursion_misses:"):
+            return int(line.split()[1])
+    return 0
 
 
 # Raw events handed to the consumer: (kind, fields...)
@@ -165,24 +209,32 @@ class CaptureProgram:
         self.callback_errors = 0
         self._maps: dict[str, int] = {}
         self._ncpus = 0
+        self.verifier_stats: dict[str, VerifierStats] = {}
+        self.load_seconds = 0.0
+        self._logs: dict[str, ctypes.Array] = {}
+        self._conn_fields: tuple[int, int, int] | None = None  # struct conn: conn_id, tgid offsets; size
+        self.program = WALKER  # the syscall exit program loaded
+        self._prog_fds: list[int] = []  # the programs attached, for the kernel's count of their skipped runs
+        self.refusal: ProgramRefused | None = None  # why the walker is not loaded, when it is not
 
     # -- life cycle --------------------------------------------------------------------------
     def open(self) -> "CaptureProgram":
+        """Load and attach. If the kernel refuses the frame walker, the heads program is loaded
+        instead (`refusal` says why, `degraded` is true); any other failure raises CaptureError."""
         path = object_path("capture")
         if not os.path.exists(path):
             raise CaptureError(f"BPF object {path} is missing: run `make bpf`")
-        L = lib()
+        if self.settings.walker not in WALKERS:
+            raise CaptureError(f"walker {self.settings.walker!r}: expected one of {', '.join(WALKERS)}")
+        first = HEADS if self.settings.walker == "heads" else WALKER
         try:
-            self._obj = L.bpf_object__open_file(path.encode(), None)
-            self._configure()
-            L.bpf_object__load(self._obj)
-        except LibbpfError as exc:
-            self.close()
-            raise CaptureError(f"loading the BPF program failed: {exc}") from None
-        for name in ("events", "counters", "conns", "pid_filter", "fd_verdicts", "listen_ports", "layouts",
-                     "layout_of", "pending"):
-            self._maps[name] = L.bpf_map__fd(L.bpf_object__find_map_by_name(self._obj, name.encode()))
-        self._ncpus = L.libbpf_num_possible_cpus()
+            self._load(path, first)
+        except ProgramRefused as exc:
+            if first != WALKER or exc.program != WALKER:
+                raise
+            self.refusal = exc
+            self._load(path, HEADS)
+        self._open_maps()
         for pid in self.settings.pids:
             self.add_pid(pid)
         self._load_listeners()
@@ -198,6 +250,39 @@ class CaptureProgram:
             self.close()
             raise CaptureError(f"mapping the ring buffer failed: {exc.strerror}") from None
         return self
+
+    @property
+    def degraded(self) -> bool:
+        return self.program != WALKER
+
+    def _load(self, path: str, program: str) -> None:
+        """Open the object with `program` as the syscall exit program, and load it into the kernel."""
+        L = lib()
+        self.program = program
+        try:
+            self._obj = L.bpf_object__open_file(path.encode(), None)
+            for name, prog in self._programs():
+                if name in (WALKER, HEADS):
+                    L.bpf_program__set_autoload(prog, name == program)
+            self._configure()
+            self._ask_for_stats()
+            started = time.monotonic()
+            L.bpf_object__load(self._obj)
+            self.load_seconds = time.monotonic() - started
+        except LibbpfError as exc:
+            refused = self._refusal()
+            self.close()
+            if refused:
+                raise refused from None
+            raise CaptureError(f"loading the BPF program failed: {exc}") from None
+        self._read_stats()
+
+    def _open_maps(self) -> None:
+        L = lib()
+        for name in ("events", "counters", "conns", "pid_filter", "fd_verdicts", "listen_ports", "layouts",
+                     "layout_of", "pending"):
+            self._maps[name] = L.bpf_map__fd(L.bpf_object__find_map_by_name(self._obj, name.encode()))
+        self._ncpus = L.libbpf_num_possible_cpus()
 
     def _configure(self) -> None:
         L = lib()
@@ -221,13 +306,19 @@ class CaptureProgram:
         ring = _ringbuf_size(self.ringbuf_bytes)
         wakeup = min(DEFAULT_WAKEUP_BYTES, ring // 4) if s.wakeup_bytes is None else int(s.wakeup_bytes)
         cfg.wakeup_bytes = min(max(0, wakeup), ring)  # a whole ring: never woken, read at each poll
+        cfg.refuse_walker = 1 if s.simulate_refusal else 0
+        # cfg goes where the object's BTF puts it, over a copy of .rodata's own initial bytes (the
+        # other constants there, zero_conn..., keep their values)
         rodata = self._find_map(".rodata")
         size = ctypes.c_size_t()
-        L.bpf_map__initial_value(rodata, ctypes.byref(size))
-        if size.value < ctypes.sizeof(cfg):
-            raise CaptureError(f"BPF object's .rodata is {size.value} bytes, expected {ctypes.sizeof(cfg)}: rebuild with `make bpf`")
+        initial = L.bpf_map__initial_value(rodata, ctypes.byref(size))
+        at, cfg_size = datasec_variables(self._obj, ".rodata").get("cfg", (None, 0))
+        if at is None or cfg_size != ctypes.sizeof(cfg) or at + cfg_size > size.value or not initial:
+            raise CaptureError(f"BPF object's settings (cfg in .rodata) are {cfg_size} bytes, the agent's "
+                               f"{ctypes.sizeof(cfg)}: rebuild with `make bpf`")
         buf = (ctypes.c_char * size.value)()
-        ctypes.memmove(buf, ctypes.byref(cfg), ctypes.sizeof(cfg))
+        ctypes.memmove(buf, initial, size.value)
+        ctypes.memmove(ctypes.addressof(buf) + at, ctypes.byref(cfg), cfg_size)
         L.bpf_map__set_initial_value(rodata, buf, size.value)
         events = L.bpf_object__find_map_by_name(self._obj, b"events")
         L.bpf_map__set_max_entries(events, _ringbuf_size(self.ringbuf_bytes))
@@ -263,12 +354,49 @@ class CaptureProgram:
             m = L.bpf_object__next_map(self._obj, m)
         raise CaptureError(f"BPF object has no {suffix} map: rebuild with `make bpf`")
 
-    def _attach_all(self) -> None:
+    def _programs(self):
         L = lib()
         prog = L.bpf_object__next_program(self._obj, None)
         while prog:
-            self._links.append(L.bpf_program__attach(prog))
+            yield L.bpf_program__name(prog).decode(), prog
             prog = L.bpf_object__next_program(self._obj, prog)
+
+    def _ask_for_stats(self) -> None:
+        """Each program's verifier log at level 4 (statistics, and the reason of a refusal) into a
+        buffer of its own, instead of libbpf's retry at level 1 (the whole state dump)."""
+        L = lib()
+        self._logs.clear()
+        for name, prog in self._programs():
+            if name in (WALKER, HEADS) and name != self.program:
+                continue
+            buf = ctypes.create_string_buffer(VERIFIER_LOG_BYTES)
+            self._logs[name] = buf
+            L.bpf_program__set_log_buf(prog, buf, len(buf))
+            L.bpf_program__set_log_level(prog, 4)
+
+    def _read_stats(self) -> None:
+        for name, buf in self._logs.items():
+            log = buf.value.decode(errors="replace")
+            insns, usec, depth = _STATS.search(log), _TIME.search(log), _DEPTH.search(log)
+            if insns:
+                self.verifier_stats[name] = VerifierStats(int(insns.group(1)), int(usec.group(1)) if usec else 0,
+                                                          depth.group(1) if depth else "")
+        self._logs.clear()
+
+    def _refusal(self) -> ProgramRefused | None:
+        """The program whose log says why the verifier refused it, if one does."""
+        for name, buf in self._logs.items():
+            reason = verifier_reason(buf.value.decode(errors="replace"))
+            if reason:
+                return ProgramRefused(name, reason)
+        return None
+
+    def _attach_all(self) -> None:
+        L = lib()
+        for name, prog in self._programs():
+            if name not in (WALKER, HEADS) or name == self.program:
+                self._links.append(L.bpf_program__attach(prog))
+                self._prog_fds.append(L.bpf_program__fd(prog))
 
     def close(self) -> None:
         L = lib()
@@ -277,6 +405,7 @@ class CaptureProgram:
             self._rb = None
         while self._links:
             L.bpf_link__destroy(self._links.pop())
+        self._prog_fds.clear()
         if self._obj:
             L.bpf_object__close(self._obj)
             self._obj = None
@@ -333,10 +462,23 @@ class CaptureProgram:
             key = ctypes.c_uint32(idx)
             map_lookup(fd, key, values)
             out[name] = sum(values)
+        out["missed_runs"] = self.missed_runs()
         if self._rb is not None:
             out["ring_bytes_read"] = self._rb.bytes_read
             out["reader_wakeups"] = self._rb.wakeups
         return out
+
+    def missed_runs(self) -> int:
+        """Runs of the attached programs the kernel skipped (syscalls never seen; the capture declares their bytes
+        as MISSED_RUN gaps where the socket tells how many)."""
+        total = 0
+        for fd in self._prog_fds:
+            try:
+                with open(f"/proc/self/fdinfo/{fd}") as fh:
+                    total += recursion_misses(fh.read())
+            except OSError:
+                pass
+        return total
 
     def add_pid(self, pid: int) -> None:
         map_update(self._maps["pid_filter"], ctypes.c_uint32(pid), ctypes.c_uint8(1))
@@ -349,13 +491,19 @@ class CaptureProgram:
             map_update(fd, ctypes.c_uint64(netns << 16 | port), ctypes.c_uint8(1))
 
     def _conns_of(self, pid: int) -> list[tuple[ctypes.c_uint64, int]]:
-        """(conns map key, conn_id) of the process's connections."""
+        """(conns map key, conn_id) of the process's connections; struct conn's layout from the object's BTF."""
+        L = lib()
+        if self._conn_fields is None:
+            fields = struct_members(self._obj, "conn")
+            conns_map = L.bpf_object__find_map_by_name(self._obj, b"conns")
+            self._conn_fields = (fields["conn_id"], fields["tgid"], L.bpf_map__value_size(conns_map))
+        id_at, tgid_at, size = self._conn_fields
         out = []
         conns = self._maps["conns"]
-        value = (ctypes.c_uint8 * 512)()  # struct conn: conn_id (offset 0) and tgid (offset 24) are read
+        value = (ctypes.c_uint8 * size)()
         for key in list(map_keys(conns, ctypes.c_uint64)):
-            if map_lookup(conns, key, value) and int.from_bytes(bytes(value[24:28]), "little") == pid:
-                out.append((key, int.from_bytes(bytes(value[0:8]), "little")))
+            if map_lookup(conns, key, value) and int.from_bytes(bytes(value[tgid_at:tgid_at + 4]), "little") == pid:
+                out.append((key, int.from_bytes(bytes(value[id_at:id_at + 8]), "little")))
         return out
 
     def forget_process(self, pid: int) -> int:

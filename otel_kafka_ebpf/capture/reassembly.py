@@ -29,6 +29,7 @@ from .streams import (
 # gap flag -> reason, most informative first
 _FLAG_REASONS = (
     (ev.GAP_RINGBUF, GapReason.RINGBUF_FULL),
+    (ev.GAP_MISSED_RUN, GapReason.MISSED_RUN),
     (ev.GAP_USER_COPY, GapReason.USER_COPY),
     (ev.GAP_IOVEC, GapReason.IOVEC_LIMIT),
     (ev.GAP_LOOP, GapReason.IOVEC_LIMIT),
@@ -38,7 +39,8 @@ _FLAG_REASONS = (
 )
 
 
-_SKIP_REASONS = {ev.SKIP_RECORDS: GapReason.RECORDS_SKIPPED, ev.SKIP_SASL: GapReason.SASL}
+# the kernel's reason for the skips of an event (enum oke_skip_reason)
+SKIP_REASONS = {ev.SKIP_RECORDS: GapReason.RECORDS_SKIPPED, ev.SKIP_SASL: GapReason.SASL, ev.SKIP_HEADS: GapReason.HEADS}
 _unpack_header = DATA_HEADER.unpack_from
 _HEADER = DATA_HEADER.size
 _unpack_skips = [None] + [struct.Struct(f"<{2 * k}I").unpack_from for k in range(1, 9)]
@@ -162,7 +164,7 @@ class StreamAssembler:
             skipped = sum(table[1::2])
             self.stats.skips += n_skips
             self.stats.skipped_bytes += skipped
-            reason = _SKIP_REASONS.get(skip_reason, GapReason.RECORDS_SKIPPED)
+            reason = SKIP_REASONS.get(skip_reason, GapReason.RECORDS_SKIPPED)
         else:
             skips, skipped, reason = (), 0, None
         conn.next_offset[direction & 1] = offset + n + skipped
@@ -207,7 +209,7 @@ class StreamAssembler:
         """An event with skipped ranges: one StreamData that says where they are (the kernel sends one
         event per frame, and the decoder takes it whole); split up only where it overlaps bytes
         already delivered."""
-        reason = _SKIP_REASONS.get(d.skip_reason, GapReason.RECORDS_SKIPPED)
+        reason = SKIP_REASONS.get(d.skip_reason, GapReason.RECORDS_SKIPPED)
         data = d.payload
         offset = d.offset
         skipped = sum(n for _, n in d.skips)

@@ -32,16 +32,18 @@ class GapReason(enum.IntEnum):
     USER_COPY = 4  # bpf_probe_read_user failed (page not resident)
     UNKNOWN_START = 5  # joined a stream mid-way (connection predates the agent)
     SENDFILE = 6  # sent from a file by sendfile() (a broker's Fetch records): never in user memory
+    MISSED_RUN = 10  # moved by syscalls the BPF program never ran for (the kernel skipped it: recursion_misses)
     # Not losses: bytes the capture leaves in the kernel on purpose, inside a frame it tracks.
     RECORDS_SKIPPED = 7  # the records after a record batch's header (digest capture)
     SASL = 8  # the body of a SaslHandshake/SaslAuthenticate frame or a raw SASL token (credentials)
+    HEADS = 9  # a frame's body after its head: the fallback program (a kernel that refused the walker)
 
     @property
     def is_loss(self) -> bool:
         return self not in DECLARED_SKIPS
 
 
-DECLARED_SKIPS = frozenset({GapReason.RECORDS_SKIPPED, GapReason.SASL})
+DECLARED_SKIPS = frozenset({GapReason.RECORDS_SKIPPED, GapReason.SASL, GapReason.HEADS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,7 @@ class StreamData:
     frame_start: bool = False  # the capture knows data[0] begins a Kafka frame (its size field)
     last_ts_ns: int | None = None  # wall clock of the last syscall, when several moved them (else ts_ns)
     skips: tuple[tuple[int, int], ...] = ()
-    skip_reason: GapReason | None = None  # why the skips were not copied (RECORDS_SKIPPED or SASL)
+    skip_reason: GapReason | None = None  # why the skips were not copied (RECORDS_SKIPPED, SASL or HEADS)
 
     @property
     def end_ts_ns(self) -> int:

@@ -41,6 +41,7 @@ NO_RESPONSE = "no_response"  # Produce with acks=0: none is sent
 UNSUPPORTED = "unsupported"  # api key or version not decoded (skipped by length)
 IN_FLIGHT = "in_flight"  # still waiting for its response when the input ended (a consumer's long poll)
 MALFORMED = "malformed"  # bytes that do not decode as the api/version they claim
+HEADS_ONLY = "heads_only"  # only its head was captured: the fallback program (a kernel refused the walker)
 
 
 class KafkaPair(NamedTuple):
@@ -80,6 +81,7 @@ _REQ_PREFIX = struct.Struct(">ihhih")  # size, api_key, api_version, correlation
 _RESP_PREFIX = struct.Struct(">ii")  # size, correlation_id
 _h = struct.Struct(">h").pack
 _i = struct.Struct(">i").pack
+_client_id_length = struct.Struct(">h").unpack_from
 _new = tuple.__new__  # NamedTuple construction without its Python-level __new__ (hot path)
 
 
@@ -110,10 +112,23 @@ class _RequestValidator:
             needle = b"\xff\xff"  # a null client id
         else:
             needle = _h(len(client)) + client
-        tail = max(start, n - 12 - len(needle) + 1)  # first position whose needle may be incomplete
         # Every request of a connection repeats its client id 12 bytes after the frame start.
-        idx = buf.find(needle, start + 12, tail + 12 + len(needle))
-        return idx - 12 if 0 <= idx - 12 < tail else tail
+        idx = buf.find(needle, start + 12)
+        if idx >= 0:
+            return idx - 12
+        # Near the end the needle may be incomplete: a position is possible only if the bytes there begin it
+        # (one test per occurrence of its length field, not one per position: a long client id would
+        # otherwise cost its length squared per hunt).
+        last = n - self.window  # the last position whose quick test has its bytes
+        q = max(start, n - 12 - len(needle) + 1)
+        while q <= last:
+            idx = buf.find(needle[:2], q + 12)
+            if idx < 0 or idx - 12 > last:
+                break
+            if needle.startswith(buf[idx:]):
+                return idx - 12
+            q = idx - 11
+        return max(start, last + 1)
 
     def check(self, buf: bytes, p: int) -> int:
         conn = self.conn
@@ -221,7 +236,7 @@ class KafkaConnection:
 
     __slots__ = ("conn_id", "role", "requests", "responses", "pending", "pending_ids", "ambiguous_ids",
                  "request_gaps", "seen_versions", "client_id", "client_id_bytes", "last_correlation_id",
-                 "fetch_session", "stats", "_events", "_early")
+                 "fetch_session", "stats", "heads_only", "_events", "_early")
 
     def __init__(self, conn_id: int, role: Role = Role.CLIENT, stats: Counter | None = None) -> None:
         self.conn_id = conn_id
@@ -240,6 +255,8 @@ class KafkaConnection:
         self.last_correlation_id: int | None = None
         self.fetch_session = fetch.FetchSession()
         self.stats = stats if stats is not None else Counter()
+        # The capture copies frame heads only (GapReason.HEADS): bodies are not decoded, pairs are still made
+        self.heads_only = False
         self._events: deque[KafkaPair] = deque()
         self._early: deque[tuple[int, Frame]] = deque()  # (correlation id, response) ahead of its request
 
@@ -249,8 +266,10 @@ class KafkaConnection:
         return (self.requests if is_request else self.responses), is_request
 
     def feed_data(self, direction: Direction, offset: int, data, ts_ns: int, frame_start: bool = False,
-                  last_ts_ns: int | None = None, skips: tuple = ()) -> None:
+                  last_ts_ns: int | None = None, skips: tuple = (), skip_reason: GapReason | None = None) -> None:
         splitter, is_request = self._splitter(direction)
+        if skip_reason is GapReason.HEADS:
+            self.heads_only = True
         gap_bytes = splitter.gap_bytes
         splitter.feed_data(offset, data, ts_ns, frame_start, last_ts_ns, skips)
         if skips:
@@ -262,6 +281,8 @@ class KafkaConnection:
     def feed_gap(self, direction: Direction, offset: int, length: int, ts_ns: int,
                  reason: GapReason | None = None) -> None:
         splitter, is_request = self._splitter(direction)
+        if reason is GapReason.HEADS:
+            self.heads_only = True
         if reason in DECLARED_SKIPS:  # left in the kernel on purpose: a hole in the frame, no loss
             if splitter.feed_skip(offset, length, ts_ns):
                 self.stats["skipped_on_purpose_bytes"] += length
@@ -342,8 +363,12 @@ class KafkaConnection:
             stats["malformed_request_headers"] += 1
             self.requests.lose_sync()  # not a request: the frame boundary was wrong
             return
-        self._learn(header)
+        self._learn(header, payload)
         request = error = None
+        if self.heads_only and frame.skips:  # the body stayed in the kernel
+            stats["heads_only_requests"] += 1
+            self._add_pending(header, None, frame.first_ts_ns, frame.last_ts_ns, HEADS_ONLY)
+            return
         try:
             request = decode_request_body(header.api_key, header.api_version, payload, pos, frame.skips)
         except UnsupportedApi:
@@ -354,9 +379,8 @@ class KafkaConnection:
             error = MALFORMED
         api_key = header.api_key
         if api_key == PRODUCE and request is not None and request.acks == 0:
-            self._events.append(KafkaPair(self.conn_id, api_key, header.api_version, header.correlation_id,
-                                          header.client_id, request, None, frame.first_ts_ns, None, None,
-                                          NO_RESPONSE, None, frame.last_ts_ns, None))
+            self._pair(header, frame.first_ts_ns, request=request, response_error=NO_RESPONSE,
+                       request_end_ts_ns=frame.last_ts_ns)
             return
         fetch_offsets = None
         if api_key == FETCH and request is not None:
@@ -371,15 +395,20 @@ class KafkaConnection:
             return
         if header.api_key not in API_TABLE or not 0 <= header.api_version <= MAX_API_VERSION:
             return
-        self._learn(header)
+        self._learn(header, lost.head)
         self._add_pending(header, None, lost.first_ts_ns, None, TRUNCATED)
 
-    def _learn(self, header: RequestHeader) -> None:
+    def _learn(self, header: RequestHeader, frame) -> None:
+        """What the validator of this connection's requests looks for after a lost boundary; `frame` is the
+        request's payload, whose header `header` was read from."""
         self.seen_versions.add((header.api_key, header.api_version))
         self.last_correlation_id = header.correlation_id
         if header.client_id != self.client_id or self.client_id_bytes is None:
             self.client_id = header.client_id
-            self.client_id_bytes = None if header.client_id is None else header.client_id.encode()
+            # The client id as the wire has it, not the text encoded again: bytes that are not UTF-8 decode to
+            # U+FFFD, whose encoding is other bytes, up to three times as many (beyond an int16 length).
+            self.client_id_bytes = None if header.client_id is None else \
+                bytes(frame[10:10 + _client_id_length(frame, 8)[0]])
 
     def _add_pending(self, header: RequestHeader, request, ts_ns: int, end_ts_ns: int | None, error: str | None,
                      fetch_offsets: dict | None = None) -> None:
@@ -460,22 +489,31 @@ class KafkaConnection:
             return
         h = entry.header
         response = error = None
-        try:
-            header_version = response_header_version(h.api_key, h.api_version)
-            pos = response_body_position(payload, 1) if header_version else 4
-            response = decode_response_body(h.api_key, h.api_version, payload, pos, frame.skips)
-        except UnsupportedApi:
-            error = UNSUPPORTED
-        except DecodeError:
-            stats[f"malformed_response_api_{h.api_key}"] += 1
-            error = MALFORMED
+        if self.heads_only and frame.skips:  # the body stayed in the kernel
+            stats["heads_only_responses"] += 1
+            error = HEADS_ONLY
+        else:
+            response, error = self._decode_response(h, payload, frame.skips)
         fetch_offsets = entry.fetch_offsets
         if fetch_offsets is not None and response is not None:
             self.fetch_session.on_response(entry.request, response)
-        self._events.append(_new(KafkaPair, (self.conn_id, h.api_key, h.api_version, h.correlation_id,
-                                             h.client_id, entry.request, response, entry.ts_ns, frame.last_ts_ns,
-                                             entry.error, error, fetch_offsets, entry.end_ts_ns,
-                                             frame.first_ts_ns)))
+        self._pair(h, entry.ts_ns, request=entry.request, response=response, response_ts_ns=frame.last_ts_ns,
+                   request_error=entry.error, response_error=error, fetch_offsets=fetch_offsets,
+                   request_end_ts_ns=entry.end_ts_ns, response_start_ts_ns=frame.first_ts_ns)
+
+    def _decode_response(self, h: RequestHeader, payload, skips) -> tuple:
+        """(response, None) or (None, why it is not decoded)."""
+        response = error = None
+        try:
+            header_version = response_header_version(h.api_key, h.api_version)
+            pos = response_body_position(payload, 1) if header_version else 4
+            response = decode_response_body(h.api_key, h.api_version, payload, pos, skips)
+        except UnsupportedApi:
+            error = UNSUPPORTED
+        except DecodeError:
+            self.stats[f"malformed_response_api_{h.api_key}"] += 1
+            error = MALFORMED
+        return response, error
 
     def _on_response_lost(self, lost) -> None:
         self.stats["truncated_responses"] += 1
@@ -485,15 +523,23 @@ class KafkaConnection:
         if entry is None:
             return
         h = entry.header
-        self._events.append(KafkaPair(self.conn_id, h.api_key, h.api_version, h.correlation_id, h.client_id,
-                                      entry.request, None, entry.ts_ns, lost.last_ts_ns, entry.error, TRUNCATED,
-                                      None, entry.end_ts_ns, lost.first_ts_ns))
+        self._pair(h, entry.ts_ns, request=entry.request, response_ts_ns=lost.last_ts_ns, request_error=entry.error,
+                   response_error=TRUNCATED, request_end_ts_ns=entry.end_ts_ns, response_start_ts_ns=lost.first_ts_ns)
 
     def _emit_unanswered(self, entry: _Pending, reason: str) -> None:
         h = entry.header
-        self._events.append(KafkaPair(self.conn_id, h.api_key, h.api_version, h.correlation_id, h.client_id,
-                                      entry.request, None, entry.ts_ns, None, entry.error, reason, None,
-                                      entry.end_ts_ns, None))
+        self._pair(h, entry.ts_ns, request=entry.request, request_error=entry.error, response_error=reason,
+                   request_end_ts_ns=entry.end_ts_ns)
+
+    def _pair(self, h: RequestHeader, request_ts_ns: int, *, request=None, response=None,
+              response_ts_ns: int | None = None, request_error: str | None = None, response_error: str | None = None,
+              fetch_offsets: dict | None = None, request_end_ts_ns: int | None = None,
+              response_start_ts_ns: int | None = None) -> None:
+        """The one place a KafkaPair is made: the request's header and what is known of either side."""
+        self._events.append(_new(KafkaPair, (self.conn_id, h.api_key, h.api_version, h.correlation_id, h.client_id,
+                                             request, response, request_ts_ns, response_ts_ns, request_error,
+                                             response_error, fetch_offsets, request_end_ts_ns,
+                                             response_start_ts_ns)))
 
 
 class KafkaStreamDecoder:
@@ -509,7 +555,7 @@ class KafkaStreamDecoder:
         if kind is StreamData:
             conn = self.connections.get(event.conn_id) or self._conn(event.conn_id)
             conn.feed_data(event.direction, event.offset, event.data, event.ts_ns, event.frame_start,
-                           event.last_ts_ns, event.skips)
+                           event.last_ts_ns, event.skips, event.skip_reason)
         elif kind is StreamGap:
             conn = self._conn(event.conn_id)
             conn.feed_gap(event.direction, event.offset, event.length, event.ts_ns, event.reason)

@@ -13,7 +13,9 @@ from typing import TextIO
 
 from ..capture.streams import ConnectionOpened, Role
 from ..correlate.topics import TopicRegistry
-from ..kafka.connection import IN_FLIGHT, UNSUPPORTED, KafkaPair
+from ..kafka.connection import HEADS_ONLY, IN_FLIGHT, UNSUPPORTED, KafkaPair
+
+_NOT_DECODED = (UNSUPPORTED, HEADS_ONLY)  # on purpose: not an error of the pair
 from ..kafka.primitives import uuid_text
 from ..kafka.versions import API_KEYS_BY_NAME, API_VERSIONS, FETCH, METADATA, PRODUCE, api_name
 
@@ -75,13 +77,14 @@ class PairFormatter:
             "response_ns": pair.response_ts_ns,
             "server": server,
         }
-        if pair.request_error == UNSUPPORTED or pair.response_error == UNSUPPORTED:
-            rec["decoded"] = False  # an API (or version) whose bodies this agent does not decode
-        if pair.request_error and pair.request_error != UNSUPPORTED:
+        if pair.request_error in _NOT_DECODED or pair.response_error in _NOT_DECODED:
+            # an API (or version) whose bodies this agent does not decode, or a capture of heads only
+            rec["decoded"] = False
+        if pair.request_error and pair.request_error not in _NOT_DECODED:
             rec["request_error"] = pair.request_error
         if pair.response_error == IN_FLIGHT:
             rec["in_flight"] = True  # its response had not come when the capture stopped
-        elif pair.response_error and pair.response_error != UNSUPPORTED:
+        elif pair.response_error and pair.response_error not in _NOT_DECODED:
             rec["response_error"] = pair.response_error
         if pair.api_key == PRODUCE:
             rec["partitions"] = self._produce_partitions(pair)

@@ -266,7 +266,7 @@ def test_an_internal_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
     """A bug is not the user's fault, but it is still one line (exit 70) unless --debug asks for the traceback."""
     boom = tmp_path / "sitecustomize.py"
     boom.write_text("import otel_kafka_ebpf.doctor as d\n"
-                    "def broken(out):\n    raise RuntimeError('boom')\n"
+                    "def broken(out, settings=None):\n    raise RuntimeError('boom')\n"
                     "d.doctor = broken\n")
     env = {"PYTHONPATH": f"{tmp_path}:{os.getcwd()}"}
     r = _run("doctor", env=env)

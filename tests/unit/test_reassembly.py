@@ -113,3 +113,15 @@ def test_a_record_read_straight_from_the_ring_gives_what_the_general_path_gives(
     for raw in records:
         assert fast.feed_data_record(raw) == general.feed(parse_data_event(raw))
     assert fast.stats == general.stats
+
+
+def test_bytes_of_syscalls_the_kernel_never_ran_the_program_for_are_a_missed_run_gap():
+    """The kernel skips a run of the program (recursion_misses); the socket's sequence number tells it how many
+    bytes went by unseen, and the next event carries the flag: a loss of exact length, said as such."""
+    a = StreamAssembler(clock_offset_ns=0)
+    a.feed(_open())
+    a.feed(_data(0, b"x" * 10, direction=1))
+    out = a.feed(_data(60, b"y", direction=1, flags=ev.GAP_MISSED_RUN | ev.GAP_UNSYNCED))
+    assert out[0] == StreamGap(1, Direction.RECV, 2060, 10, 50, GapReason.MISSED_RUN)
+    assert out[0].reason.is_loss
+    assert out[1] == StreamData(1, Direction.RECV, 2060, 60, b"y")
