@@ -1,7 +1,7 @@
 # The two commands of the README: `make test` and `make demo`. Each sets up what it needs.
 
 .PHONY: setup
-setup: apt-deps venv bpf loadgen kafka-jars burrow-jars workloads backends
+setup: apt-deps venv bpf loadgen kafka-jars burrow-jars workloads backends kernels
 
 .PHONY: test
 test: setup
@@ -12,7 +12,7 @@ demo: setup
 	$(Q)cd $(ROOT) && $(PY) -m tests.testbed.demo --port $(KAFKA_PORT)
 
 .PHONY: bench
-bench: setup
+bench: setup kernels
 	$(Q)cd $(ROOT) && for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
 
 # An hour of steady mixed traffic with connection churn under `run` (not part of `make test`);
