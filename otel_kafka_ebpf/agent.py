@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from .capture.streams import Annotation, StreamEvent
 from .config import AgentConfig, ConfigError
 from .correlate.batches import Correlator
+from .discovery import METADATA_ANSWER, OFFSETS_ANSWER
 from .identity import ProcessDirectory
 from .pipeline import Pipeline
 from .sinks.export import Exporter, make_transport
@@ -53,6 +54,8 @@ class Agent:
         self.capture_counters = capture_counters or dict
         self.capture_program = capture_program  # () -> (program loaded or None, the kernel's refusal or None)
         self._degraded_resource = False
+        self._told: set[tuple[str, str]] = set()
+        self.warn = lambda msg: print(f"otel-kafka-ebpf: {msg}", file=sys.stderr, flush=True)
         self.pipeline = Pipeline(processes=self.processes, correlator=correlator, broker_traffic=a.broker_traffic,
                                  on_annotation=on_annotation, lookup=lookup, discover_metadata=a.discover_metadata,
                                  poll_high_watermarks=a.poll_high_watermarks)
@@ -149,9 +152,32 @@ class Agent:
                    [({"signal": s}, n) for s, n in sorted(ex.queued.items())]),
             Figure("otel_kafka_ebpf.batches.waiting", "{batch}", "batches waiting for their cluster, topic or group",
                    None, [({}, self.pipeline.correlator.parked)]),
+            *self._lookup_figures(),
         ]
         out.extend(self._capture_figures())
         return out
+
+    def _lookup_figures(self) -> list[Figure]:
+        """The agent's own Metadata and ListOffsets lookups by outcome; the first that fail, or whose answer does
+        not decode, are said in one line each (then counted only)."""
+        if self.lookup is None:
+            return []
+        ls, ps = self.lookup.stats, self.pipeline.stats
+        points = []
+        for kind in (METADATA_ANSWER, OFFSETS_ANSWER):
+            for outcome, n in (("answered", ls.get(f"{kind}_answered", 0)), ("failed", ls.get(f"{kind}_failed", 0)),
+                               ("undecodable", ps.get(f"bad_{kind}_answers", 0))):
+                if n:
+                    points.append(({"kind": kind, "outcome": outcome}, n))
+                if n and outcome != "answered" and (kind, outcome) not in self._told:
+                    self._told.add((kind, outcome))
+                    what = (f"the agent's own {kind} lookup failed ({self.lookup.last_failure})" if outcome == "failed"
+                            else f"a broker's answer to the agent's own {kind} lookup does not decode "
+                                 f"({self.pipeline.last_bad_answer})")
+                    self.warn(f"warning: {what}; counted in otel_kafka_ebpf.broker.lookups (kind {kind}, outcome "
+                              f"{outcome}), and the agent goes on without what it would have told")
+        return [Figure("otel_kafka_ebpf.broker.lookups", "{request}",
+                       "the agent's own Metadata and ListOffsets requests to brokers, by outcome", True, points)]
 
     def summary(self) -> str:
         b = self.spans.builder.stats if self.spans else {}

@@ -132,6 +132,14 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, LookupFailed):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return f"an answer that does not decode ({type(exc).__name__})"
+
+
 class BrokerLookup:
     """Background lookups; `request_*`, `note_process` and `results` are called from the pipeline's thread."""
 
@@ -140,6 +148,7 @@ class BrokerLookup:
         self.retry_s = retry_s
         self.offsets_every_s = offsets_every_s
         self.stats: Counter = Counter()
+        self.last_failure: str | None = None  # the endpoint and reason of the latest failed lookup
         self._todo: queue.Queue = queue.Queue()
         self._done: deque[Answer] = deque()
         self._last_try: dict[tuple[str, Endpoint], float] = {}
@@ -198,9 +207,10 @@ class BrokerLookup:
             kind, endpoint, topics = job
             try:
                 version, body = self._ask(kind, endpoint, topics)
-            except (OSError, LookupFailed, struct.error, IndexError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever a broker (or not one) answers: counted, never raised
                 self.stats[f"{kind}_failed"] += 1
                 self.stats[f"failed: {type(exc).__name__}"] += 1
+                self.last_failure = f"{endpoint.addr}:{endpoint.port}: {_why(exc)}"
                 conn = self._conns.pop(endpoint, None)
                 if conn is not None:
                     conn.close()

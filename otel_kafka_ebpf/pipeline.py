@@ -25,10 +25,10 @@ from .correlate.batches import Correlator
 from .correlate.clusters import Endpoint
 from .discovery import METADATA_ANSWER as METADATA, OFFSETS_ANSWER as OFFSETS
 from .identity import ProcessDirectory, ProcessIdentity
+from .kafka.apis import decode_response_body
 from .kafka.connection import KafkaStreamDecoder
-from .kafka.metadata import decode_response as decode_metadata_response
-from .kafka.offsets import decode_list_offsets_response
 from .kafka.primitives import DecodeError
+from .kafka.versions import LIST_OFFSETS, METADATA as METADATA_API
 from .sinks.pairs import PairPrinter
 
 TICK_NS = 100_000_000  # timers run at least this often in event time
@@ -51,6 +51,7 @@ class Pipeline:
         self.broker_traffic = broker_traffic
         self.on_annotation = on_annotation
         self.lookup = lookup  # a BrokerLookup (the agent asking brokers), or None
+        self.last_bad_answer: str | None = None  # the endpoint and the decoder's word on the latest bad answer
         self.discover_metadata = discover_metadata
         self.poll_high_watermarks = poll_high_watermarks
         self.sinks: list[object] = []
@@ -148,7 +149,7 @@ class Pipeline:
                             bytes.fromhex(d["response"]), note.ts_ns, record=False)
             else:
                 self.stats["unknown_annotations"] += 1
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # a damaged note: counted, never raised
             self.stats["bad_annotations"] += 1
 
     def _ask_brokers(self, now_ns: int) -> None:
@@ -168,11 +169,12 @@ class Pipeline:
 
     def _learn(self, kind: str, endpoint: Endpoint, version: int, body: bytes, ts_ns: int, record: bool) -> None:
         """An answer to the agent's own question (live), or its note in a recording (replay)."""
-        decode = decode_metadata_response if kind == METADATA else decode_list_offsets_response
-        try:
-            response = decode(memoryview(body), 0, version)
-        except (DecodeError, IndexError, ValueError):
+        try:  # the decoding boundary of every body (kafka/apis.py): a message or a DecodeError
+            response = decode_response_body(METADATA_API if kind == METADATA else LIST_OFFSETS, version,
+                                            memoryview(body), 0)
+        except DecodeError as exc:
             self.stats[f"bad_{kind}_answers"] += 1
+            self.last_bad_answer = f"{endpoint.addr}:{endpoint.port}: {exc}"[:200]
             return
         if record and self.on_annotation is not None:
             self.on_annotation(Annotation(kind, ts_ns, {"netns": endpoint.netns, "addr": endpoint.addr,
