@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from .capture.streams import Annotation, StreamEvent
 from .config import AgentConfig, ConfigError
 from .correlate.batches import Correlator
+from .correlate.lag import StatusRules
 from .discovery import METADATA_ANSWER, OFFSETS_ANSWER
 from .identity import ProcessDirectory
 from .pipeline import Pipeline
@@ -22,6 +23,20 @@ from .sinks.spans import SpanBuilder, SpanSink
 
 _DECODER_PROBLEMS = ("malformed", "truncated", "lost_responses", "unmatched", "ambiguous", "pending_overflow",
                      "bad_sizes")
+
+
+def status_rules(lag) -> StatusRules:
+    """The [lag] settings as the lag tracker's rules."""
+    s = 1_000_000_000
+    return StatusRules(
+        grace_ns=int(lag.grace_s * s), stall_ns=int(lag.stall_s * s), window_ns=int(lag.window_s * s),
+        min_samples=lag.min_samples, warn_rise=lag.warn_rise, pace_margin=lag.pace_margin,
+        hold_warn_ns=int(lag.hold_warn_s * s), hold_ok_ns=int(lag.hold_ok_s * s), hold_stop_ns=int(lag.hold_stop_s * s),
+        hold_cause_ns=int(lag.hold_cause_s * s), processing_factor=lag.processing_factor,
+        processing_min_ns=int(lag.processing_min_ms * 1e6), broker_factor=lag.broker_factor,
+        broker_min_ns=int(lag.broker_min_ms * 1e6), burst_factor=lag.burst_factor, fill_ratio=lag.fill_ratio,
+        caught_up_ns=int(lag.caught_up_s * s),
+        objective_ns=int(lag.objective_s * s), forget_ns=int(lag.forget_s * s))
 
 
 class Agent:
@@ -44,7 +59,7 @@ class Agent:
                                  timeout_s=cfg.exporter.timeout_s)
         self.destination = transport.describe()
         correlator = Correlator(resolve_wait_ns=int(a.resolve_wait_s * 1e9), group_wait_ns=int(a.group_wait_s * 1e9),
-                                links=cfg.spans.links)
+                                links=cfg.spans.links, rules=status_rules(cfg.lag))
         lookup = None
         if live and (a.discover_metadata or a.poll_high_watermarks):
             from .discovery import BrokerLookup

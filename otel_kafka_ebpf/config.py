@@ -1,6 +1,6 @@
 """Agent settings: a TOML file, then environment variables, then command-line flags (each wins over the last).
 
-Tables: [capture], [exporter], [spans], [metrics], [agent]. Every field can also be set by an
+Tables: [capture], [exporter], [spans], [metrics], [agent], [lag]. Every field can also be set by an
 environment variable `OKE_<TABLE>_<FIELD>` (lists comma- or space-separated), and the standard
 OpenTelemetry variables are honoured where they mean the same thing (OTEL_EXPORTER_OTLP_*,
 OTEL_TRACES_SAMPLER(_ARG), OTEL_TRACES_EXPORTER, OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME,
@@ -215,17 +215,51 @@ class AgentSettings(_Table):
     command_args: bool = Field(False, description="export process.command_args (may hold secrets)")
 
 
+class LagConfig(_Table):
+    """The consumer status and lag-cause rules (README: "Status"); each status record carries them."""
+
+    grace_s: float = Field(0.4, ge=0.05, le=600, description="a fetch may always be this late before STOP")
+    pace_margin: float = Field(3.0, ge=1, le=100, description="STOP when overdue by this many times the records in "
+                               "its hands x its current time per record")
+    stall_s: float = Field(0.5, ge=0.05, le=600, description="STALL: fetching the same position this long with "
+                           "messages waiting")
+    window_s: float = Field(5.0, ge=0.5, le=3600, description="the lag's trend, rates and ETA over at least this")
+    min_samples: int = Field(6, ge=3, le=200, description="and over at least this many fetches")
+    warn_rise: float = Field(10.0, ge=0, le=1e9, description="WARN: the fitted lag rises this many messages over "
+                             "the window")
+    hold_warn_s: float = Field(1.0, ge=0, le=3600, description="OK -> WARN once the rising trend held this long")
+    hold_ok_s: float = Field(5.0, ge=0, le=3600, description="WARN -> OK once the lag stopped rising this long")
+    hold_stop_s: float = Field(0.0, ge=0, le=60, description="-> STOP/STALL once its evidence held this long")
+    hold_cause_s: float = Field(1.0, ge=0, le=3600, description="a new cause once its evidence held this long")
+    processing_factor: float = Field(3.0, ge=1, le=1000, description="cause processing: time per record this "
+                                     "many times what it was while caught up")
+    processing_min_ms: float = Field(1.0, ge=0, le=60_000, description="and at least this per record")
+    broker_factor: float = Field(3.0, ge=1, le=1000, description="cause broker: fetch latency this many times "
+                                 "its usual")
+    broker_min_ms: float = Field(50.0, ge=0, le=600_000, description="and at least this")
+    burst_factor: float = Field(1.5, ge=1, le=1000, description="cause producer_burst: the produce rate this many "
+                                "times what it was while caught up")
+    fill_ratio: float = Field(0.9, gt=0, le=1, description="cause fetch_capacity: responses this full of "
+                              "partition.max.bytes")
+    caught_up_s: float = Field(1.0, ge=0, le=3600, description="lag in seconds at most this: caught up, cause none")
+    objective_s: float = Field(60.0, gt=0, le=86400 * 7, description="the lag-in-seconds objective whose breach "
+                               "is estimated")
+    forget_s: float = Field(60.0, ge=1, le=86400, description="a stopped instance's partitions are reported this "
+                            "long")
+
+
 class AgentConfig(_Table):
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     exporter: ExporterConfig = Field(default_factory=ExporterConfig)
     spans: SpansConfig = Field(default_factory=SpansConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     agent: AgentSettings = Field(default_factory=AgentSettings)
+    lag: LagConfig = Field(default_factory=LagConfig)
 
 
 _FLAG_NAMES = {"kafka_ports": "--kafka-port", "pids": "--capture-pid", "type": "--exporter"}
 _TABLES = {"capture": CaptureConfig, "exporter": ExporterConfig, "spans": SpansConfig, "metrics": MetricsConfig,
-           "agent": AgentSettings}
+           "agent": AgentSettings, "lag": LagConfig}
 _LIST_FIELDS = {"pids", "kafka_ports"}
 _DICT_FIELDS = {"headers", "resource_attributes"}
 

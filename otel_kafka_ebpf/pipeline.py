@@ -36,6 +36,8 @@ TICK_NS = 100_000_000  # timers run at least this often in event time
 # Annotation kinds: a process's identity (ProcessIdentity.to_dict()), and the answers of the agent's own
 # questions to brokers ({"netns", "addr", "port", "version", "response": hex of the response body})
 PROCESS = "process"
+PROCESS_STATE = "process_state"  # {"pid", "state"}: the kernel's word on a consumer (identity/taskstate.py)
+PROBE_NS = 100_000_000  # live: consumers' task states are read this often
 STALE_HW_NS = 1_000_000_000  # a stopped consumer's partitions: ask their leader when nothing newer came
 
 
@@ -62,6 +64,8 @@ class Pipeline:
             self.add_sink(sink)
         self.now_ns = 0  # the latest event time seen
         self._next_tick = 0
+        self._next_probe = 0
+        self._task_states: dict[int, str] = {}  # pid -> its state last said (live)
         self.stats: Counter = Counter()
 
     def add_sink(self, sink: object) -> None:
@@ -104,6 +108,8 @@ class Pipeline:
         self._next_tick = now_ns + TICK_NS
         if self.lookup is not None:
             self._ask_brokers(now_ns)
+        if self.processes.read_proc and now_ns >= self._next_probe:
+            self._probe_tasks(now_ns)
         released = self.correlator.tick(now_ns)
         if released:
             self._emit_batches(released, now_ns)
@@ -136,9 +142,30 @@ class Pipeline:
         if self.lookup is not None:
             self.lookup.note_process(event.netns, event.pid)
 
+    def _probe_tasks(self, now_ns: int) -> None:
+        """Live: each consumer's task state; a change is an annotation (recorded, so a replay says the same)."""
+        from .identity.taskstate import EXITED, task_state
+
+        self._next_probe = now_ns + PROBE_NS
+        tracker = self.correlator.lag
+        pids = tracker.consumer_pids()
+        for pid in [pid for pid in self._task_states if pid not in pids]:
+            del self._task_states[pid]
+        for pid in pids:
+            state = task_state(pid)
+            if state != self._task_states.get(pid, "running"):
+                self._task_states[pid] = state
+                if self.on_annotation is not None:
+                    self.on_annotation(Annotation(PROCESS_STATE, now_ns, {"pid": pid, "state": state}))
+                tracker.process_state(pid, state, now_ns)
+                if state == EXITED:
+                    self._task_states.pop(pid, None)
+
     def _annotation(self, note: Annotation) -> None:
         try:
-            if note.kind == PROCESS:
+            if note.kind == PROCESS_STATE:
+                self.correlator.lag.process_state(int(note.data["pid"]), str(note.data["state"]), note.ts_ns)
+            elif note.kind == PROCESS:
                 self.processes.remember(ProcessIdentity.from_dict(note.data))
                 ident = self.processes.peek(int(note.data["pid"]))
                 if ident is not None and ident.is_kafka_broker:

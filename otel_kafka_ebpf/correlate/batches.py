@@ -23,8 +23,10 @@ from ..kafka.versions import (
 )
 from .clusters import ClusterDirectory, Endpoint
 from .groups import CLASSIC, CONSUMER, SHARE, ConsumerInstance, GroupDirectory
-from .lag import Instance, LagTracker, PartitionKey
+from .lag import Instance, LagTracker, PartitionKey, StatusRules
 from .topics import TopicRegistry
+
+REBALANCE_IN_PROGRESS = 27  # a Heartbeat's answer while the group rebalances
 
 MAX_PARKED = 50_000  # batches waiting for a cluster, a topic name or a group
 MAX_LINKS = 128  # traceparent links kept per batch (the SDK's default span link limit)
@@ -133,7 +135,7 @@ class _Parked:
 
 class Correlator:
     def __init__(self, *, resolve_wait_ns: int = 10_000_000_000, group_wait_ns: int = 6_000_000_000,
-                 links: bool = True) -> None:
+                 links: bool = True, rules: StatusRules | None = None) -> None:
         self.topics = TopicRegistry()
         self.clusters = ClusterDirectory()
         self.groups = GroupDirectory()
@@ -142,7 +144,7 @@ class Correlator:
         self.resolve_wait_ns = resolve_wait_ns
         self.group_wait_ns = group_wait_ns
         self.links = links
-        self.lag = LagTracker()
+        self.lag = LagTracker(rules)
         self._share_sessions: dict[int, set[tuple[bytes, int]]] = {}  # connection -> its share session's partitions
         self.stats: Counter = Counter()
         self._parked: deque[_Parked] = deque()
@@ -483,6 +485,8 @@ class Correlator:
         group = self.groups.group_of(ConsumerInstance(pid, pair.client_id))
         lag = self.lag
         seen = set()
+        throttle = response.throttle_time_ms
+        limits = {(q.topic_id or q.topic, q.partition): q.partition_max_bytes for q in request.partitions}
         for p in response.partitions:
             key = self.partition_key(endpoint, p.topic, p.topic_id, p.partition)
             if key is None:
@@ -497,8 +501,15 @@ class Correlator:
                                       b.timestamp_type == 1)
             fetch_offset = (pair.fetch_offsets or {}).get(topic_key)
             if fetch_offset is not None and p.error_code == 0:
+                delivered = sum(_delivered_count(b, fetch_offset) for b in p.batches
+                                if not b.is_control and not b.partial)
+                limit = limits.get(topic_key, 0)
                 lag.fetched(instance, group, pair.conn_id, key, fetch_offset, p.high_watermark, pair.request_ts_ns,
-                            pair.response_ts_ns, request.max_wait_ms, not p.batches, leader=endpoint)
+                            pair.response_ts_ns, request.max_wait_ms, not p.batches, leader=endpoint,
+                            delivered=delivered, throttle_ms=throttle,
+                            fill=p.records_size / limit if limit > 0 and p.records_size >= 0 else None)
+            elif p.error_code:
+                lag.fetch_failed(instance, key, p.error_code, pair.response_ts_ns)
         for topic_key, fetch_offset in (pair.fetch_offsets or {}).items():
             if topic_key in seen:
                 continue  # an incremental response leaves out partitions with nothing new: still fetched
@@ -507,7 +518,8 @@ class Correlator:
                                      t if isinstance(t, bytes) else None, topic_key[1])
             if key is not None:
                 lag.fetched(instance, group, pair.conn_id, key, fetch_offset, -1, pair.request_ts_ns,
-                            pair.response_ts_ns, request.max_wait_ms, True, leader=endpoint)
+                            pair.response_ts_ns, request.max_wait_ms, True, leader=endpoint, delivered=0,
+                            throttle_ms=throttle)
 
     def _track_share_fetch(self, pair: KafkaPair, pid: int) -> None:
         """A share group member's fetch: the group's position in each partition of the member's share session
@@ -579,6 +591,7 @@ class Correlator:
                                 leaving=request.member_epoch < 0)
         elif api == LEAVE_GROUP:
             self.groups.observe(instance, request.group_id, CLASSIC, None, ts, leaving=True)
+            self.lag.group_changed(request.group_id, Instance(pid, pair.client_id), ts)
         elif api == OFFSET_COMMIT:
             member = self.groups.membership(instance)
             self.groups.observe(instance, request.group_id, member.protocol if member else CLASSIC,
@@ -588,6 +601,9 @@ class Correlator:
             if api == JOIN_GROUP and pair.response is not None and pair.response.member_id:
                 member_id = pair.response.member_id
             self.groups.observe(instance, request.group_id, CLASSIC, member_id, ts)
+            if api in (JOIN_GROUP, SYNC_GROUP) or (pair.response is not None and
+                                                  getattr(pair.response, "error_code", 0) == REBALANCE_IN_PROGRESS):
+                self.lag.group_changed(request.group_id, Instance(pid, pair.client_id), ts)
 
     def _observe_share(self, pair: KafkaPair, pid: int) -> None:
         request = pair.request

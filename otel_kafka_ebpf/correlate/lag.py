@@ -13,15 +13,21 @@ State, bounded:
 
 Lag in messages is the high watermark minus the position, never negative. Lag in seconds is the age
 of the oldest message not yet consumed (now minus when the message at the position was produced), 0
-when caught up. The status of an instance in a partition follows Burrow's idea on a sub-second
-scale:
-  STOP   it no longer fetches the partition: its connection or process is gone, another member of
-         its group fetches the partition now, or no fetch of it completed within its usual interval
-         (at least `grace`) although messages are waiting (or, caught up, beyond its long poll);
+when caught up. The status of an instance in a partition says whether it consumes, on the evidence
+its own traffic and its process give (the rules and their thresholds: `StatusRules`):
+  STOP   it does not consume: its connection or process is gone, another member of its group fetches
+         the partition now, its process is stopped (the kernel's task state, a frozen cgroup: told by
+         `process_state`), or it is overdue against its current pace: no fetch of the partition completed
+         within `pace_margin` x the records in its hands x its time per record (at least `grace`), although
+         messages are waiting (or, caught up, beyond its long poll);
   STALL  it still fetches, messages are waiting, and its position has not moved for `stall`: it fetched
          the same position again after a fetch that returned records (it does not consume them);
-  WARN   it moves, but its lag has grown over the last `window`;
+  WARN   it moves, but its lag trends up: a least-squares fit of the lag at its fetches over the window
+         (at least `window`, at least `min_samples` fetches) rises by `warn_rise` messages or more;
   OK     otherwise.
+Each status holds until the evidence for another has held for its hold time (`hold_*`). With the status
+comes the lag's cause (`CAUSES`; never one that contradicts the status) and where the lag is heading:
+consume and produce rates, the time to catch up, the time until the lag in seconds breaches an objective.
 Plain data: no I/O, no settings; time comes in with the events.
 """
 
@@ -36,6 +42,18 @@ from .offsets import CREATE_TIME, LOG_APPEND_TIME, OBSERVED, OffsetIndex
 OK, WARN, STALL, STOP = "OK", "WARN", "STALL", "STOP"
 STATUS_CODES = {OK: 0, WARN: 1, STALL: 2, STOP: 3}
 
+# why an instance lags (issue 17); which a status admits: CAUSES_OF
+NONE, PROCESSING, FETCH_CAPACITY, BROKER, THROTTLED, REBALANCING, ERRORS, PRODUCER_BURST, STOPPED = (
+    "none", "processing", "fetch_capacity", "broker", "throttled", "rebalancing", "errors", "producer_burst",
+    "stopped")
+CAUSES = (NONE, PROCESSING, FETCH_CAPACITY, BROKER, THROTTLED, REBALANCING, ERRORS, PRODUCER_BURST, STOPPED)
+LAG_CAUSES = (PROCESSING, FETCH_CAPACITY, BROKER, THROTTLED, REBALANCING, ERRORS, PRODUCER_BURST)
+CAUSES_OF = {STOP: (STOPPED, REBALANCING, ERRORS), STALL: (PROCESSING, THROTTLED, ERRORS),
+             WARN: LAG_CAUSES, OK: (NONE,) + LAG_CAUSES}
+
+# a process's state as the kernel tells it (`process_state`)
+RUNNING, STOPPED_STATE, FROZEN, EXITED = "running", "stopped", "frozen", "exited"
+
 GRACE_NS = 400_000_000  # a fetch may be this late before the instance counts as stopped
 STALL_NS = 500_000_000  # messages waiting and no progress for this long, while fetching: STALL
 WINDOW_NS = 5_000_000_000  # lag rising over this window: WARN
@@ -46,6 +64,47 @@ COMMIT_KEEP_NS = 600_000_000_000  # a group's commit holds its partitions' histo
 ESTABLISHED = 3  # fetches seen before an instance's own pace sets how late its next fetch may be
 NEW_NS = 5_000_000_000  # and for this long after it is first seen,
 NEW_GRACE_NS = 2_500_000_000  # its next fetch may be this late
+PACE_SAMPLES = 6  # its time per record: the slowest of its last this many fetch cycles
+TREND_SAMPLES = 256  # (time, lag, high watermark, position, request time) at each fetch, bounded
+HW_SAMPLES = 1024  # a partition's high watermark over time (its produce rate): one sample per HW_STEP_NS at most
+HW_STEP_NS = 100_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRules:
+    """The thresholds of the status and cause rules (config.py's [lag] table; carried in each status record)."""
+
+    grace_ns: int = GRACE_NS  # a fetch may always be this late
+    stall_ns: int = STALL_NS
+    window_ns: int = WINDOW_NS  # the lag's trend and the rates are taken over at least this long
+    min_samples: int = 6  # and over at least this many fetches (a slow consumer's cycle is long)
+    warn_rise: float = 10.0  # messages: the fitted rise over the window that is a rising trend
+    pace_margin: float = 3.0  # overdue: later than this many times the records in hand x its time per record
+    hold_warn_ns: int = 1_000_000_000  # OK -> WARN once the rising trend held this long
+    hold_ok_ns: int = WINDOW_NS  # WARN -> OK once it stopped rising for this long
+    hold_stop_ns: int = 0  # -> STOP/STALL: the rules wait already (grace, pace, stall); the kernel's word is final
+    hold_cause_ns: int = 1_000_000_000  # a new cause (within one status) once its evidence held this long
+    processing_factor: float = 3.0  # processing: time per record this many times what it was while caught up
+    processing_min_ns: int = 1_000_000  # and at least this per record
+    broker_factor: float = 3.0  # broker: fetch latency (fetches with records) this many times its usual
+    broker_min_ns: int = 50_000_000  # and at least this
+    burst_factor: float = 1.5  # producer_burst: the produce rate this many times what it was while caught up
+    fill_ratio: float = 0.9  # fetch_capacity: responses this full of partition.max.bytes, fetched back to back
+    caught_up_ns: int = 1_000_000_000  # lag in seconds at most this (and not rising): caught up, cause none
+    objective_ns: int = 60_000_000_000  # the lag-in-seconds objective whose breach is estimated
+    forget_ns: int = FORGET_NS
+
+    def attributes(self) -> tuple:
+        """The rules as status-record attributes, so that a user can see why."""
+        return (("otel_kafka_ebpf.status.rule.grace_s", self.grace_ns / 1e9),
+                ("otel_kafka_ebpf.status.rule.pace_margin", self.pace_margin),
+                ("otel_kafka_ebpf.status.rule.window_s", self.window_ns / 1e9),
+                ("otel_kafka_ebpf.status.rule.min_samples", self.min_samples),
+                ("otel_kafka_ebpf.status.rule.warn_rise", self.warn_rise),
+                ("otel_kafka_ebpf.status.rule.hold_warn_s", self.hold_warn_ns / 1e9),
+                ("otel_kafka_ebpf.status.rule.hold_ok_s", self.hold_ok_ns / 1e9),
+                ("otel_kafka_ebpf.status.rule.stall_s", self.stall_ns / 1e9),
+                ("otel_kafka_ebpf.lag.objective_s", self.objective_ns / 1e9))
 
 
 class PartitionKey(NamedTuple):
@@ -66,6 +125,7 @@ class PartitionState:
     high_watermark: int = -1
     hw_ns: int = 0  # when it was seen
     lag_appeared_ns: int = 0  # when the high watermark last moved past a position (for STOP timing)
+    samples: deque = field(default_factory=lambda: deque(maxlen=HW_SAMPLES))  # (ns, hw), one per HW_STEP_NS at most
 
 
 @dataclass(slots=True)
@@ -91,8 +151,37 @@ class Position:
     had_records: bool = False  # its latest fetch of the partition returned records
     refetches: int = 0  # fetches from the same position after one that returned records: not consuming
     gaps: deque = field(default_factory=lambda: deque(maxlen=16))  # recent times from a response to the next fetch
-    history: deque = field(default_factory=lambda: deque(maxlen=64))  # (ns, lag) samples, one per fetch
+    history: deque = field(default_factory=lambda: deque(maxlen=TREND_SAMPLES))  # (ns, lag, hw, position) per fetch
     share: bool = False
+    handed: deque = field(default_factory=lambda: deque(maxlen=2))  # records its last two fetches handed it
+    per_record: deque = field(default_factory=lambda: deque(maxlen=PACE_SAMPLES))  # ns per record in hand, by cycle
+    progress_ns: int = 0  # when a commit last moved on (it consumes, though it has not fetched)
+    reason: str = ""
+    candidate: str | None = None  # the status the evidence points to, not yet held long enough
+    candidate_ns: int = 0
+    cause: str = NONE
+    cause_candidate: str | None = None
+    cause_ns: int = 0
+    base_per_record: float = -1.0  # ns per record while caught up (what "before the lag grew" was); -1 unknown
+    base_latency: float = -1.0  # ns per fetch with records while caught up; -1 unknown
+    base_produce: float = -1.0  # messages/s into the partition while it was caught up; -1 unknown
+    latencies: deque = field(default_factory=lambda: deque(maxlen=4))  # recent fetches with records: ns
+    fills: deque = field(default_factory=lambda: deque(maxlen=4))  # recent fill ratios of partition.max.bytes
+    throttle_ns: int = 0  # when a fetch response last said throttle_time_ms > 0
+    throttle_ms: int = 0
+    error_ns: int = 0  # when a fetch of the partition last failed
+    error_code: int = 0
+    rebalance_ns: int = 0  # when its group last changed (JoinGroup, SyncGroup, LeaveGroup, revoked)
+
+
+class Heading(NamedTuple):
+    """Where an instance's lag in a partition is heading, over the window."""
+
+    consume_rate: float | None  # messages/s
+    produce_rate: float | None  # messages/s into the partition
+    trend: float | None  # the lag's fitted slope, messages/s
+    catch_up_s: float | None  # while it shrinks: the time to catch up (0: caught up)
+    breach_s: float | None  # while it grows: the time until lag in seconds reaches the objective (0: beyond)
 
 
 class StatusChange(NamedTuple):
@@ -102,6 +191,10 @@ class StatusChange(NamedTuple):
     ts_ns: int
     lag: int
     reason: str
+    cause: str = NONE
+    evidence: tuple = ()  # (attribute name, value) pairs behind the cause
+    heading: Heading | None = None
+    lag_seconds: float | None = None
 
 
 class Measure(NamedTuple):
@@ -115,12 +208,18 @@ class Measure(NamedTuple):
 
 
 class LagTracker:
-    def __init__(self, *, grace_ns: int = GRACE_NS, stall_ns: int = STALL_NS, window_ns: int = WINDOW_NS,
-                 forget_ns: int = FORGET_NS) -> None:
-        self.grace_ns = grace_ns
-        self.stall_ns = stall_ns
-        self.window_ns = window_ns
-        self.forget_ns = forget_ns
+    def __init__(self, rules: StatusRules | None = None, **overrides) -> None:
+        rules = rules or StatusRules()
+        if overrides:
+            from dataclasses import replace
+
+            rules = replace(rules, **overrides)
+        self.rules = rules
+        self.grace_ns = rules.grace_ns
+        self.stall_ns = rules.stall_ns
+        self.window_ns = rules.window_ns
+        self.forget_ns = rules.forget_ns
+        self.process_states: dict[int, tuple[str, int]] = {}  # pid -> (stopped | frozen, since): not running
         self.index = OffsetIndex()
         self.partitions: dict[PartitionKey, PartitionState] = {}
         self.positions: dict[tuple[Instance, PartitionKey], Position] = {}
@@ -142,6 +241,13 @@ class LagTracker:
         if hw > st.high_watermark:
             st.high_watermark = hw
             st.hw_ns = ts_ns
+            if st.samples and ts_ns - st.samples[-1][0] < HW_STEP_NS:
+                if len(st.samples) > 1:
+                    st.samples[-1] = (st.samples[-1][0], hw)
+                else:
+                    st.samples.append((ts_ns, hw))
+            else:
+                st.samples.append((ts_ns, hw))
             for instance in self._by_partition.get(key, ()):
                 p = self.positions.get((instance, key))
                 if p is not None and p.position < hw and p.lag_waiting_since_ns == 0:
@@ -165,9 +271,14 @@ class LagTracker:
 
     def fetched(self, instance: Instance, group: str | None, conn_id: int, key: PartitionKey, fetch_offset: int,
                 high_watermark: int, request_ns: int, response_ns: int, max_wait_ms: int, empty: bool,
-                share: bool = False, leader: object = None) -> None:
-        """A completed fetch of `key` by `instance` from position `fetch_offset`."""
+                share: bool = False, leader: object = None, delivered: int | None = None, throttle_ms: int = 0,
+                fill: float | None = None) -> None:
+        """A completed fetch of `key` by `instance` from position `fetch_offset`, that handed it `delivered`
+        records (None: what lay between its position and the high watermark), throttled `throttle_ms`, its
+        records `fill` of the partition's size limit."""
         self.high_watermark(key, high_watermark, response_ns)
+        if delivered is None:
+            delivered = 0 if empty else max(0, high_watermark - fetch_offset)
         pk = (instance, key)
         p = self.positions.get(pk)
         if p is None:
@@ -182,7 +293,13 @@ class LagTracker:
                 self._others_lose(instance, group, key, request_ns)
         else:
             if request_ns >= p.fetched_ns:  # the client's own time between a response and its next fetch
-                p.gaps.append(request_ns - p.fetched_ns)
+                gap = request_ns - p.fetched_ns
+                p.gaps.append(gap)
+                in_hand = sum(p.handed)
+                if in_hand > 0:  # its pace: the time it took for the records in its hands
+                    p.per_record.append(gap / in_hand)
+                    if p.status == OK and p.cause == NONE and self._caught_up(p, request_ns):
+                        p.base_per_record = _ewma(p.base_per_record, max(p.per_record))  # as `cause` reads it
             if fetch_offset != p.position:
                 p.position = fetch_offset
                 p.moved_ns = request_ns
@@ -202,8 +319,52 @@ class LagTracker:
             p.leader = leader
             if group:
                 p.group = group
+        p.handed.append(delivered)
+        if delivered > 0:
+            p.latencies.append(response_ns - request_ns)
+            if p.status == OK and p.cause == NONE and self._caught_up(p, response_ns):
+                p.base_latency = _ewma(p.base_latency, response_ns - request_ns)
+        if fill is not None:
+            p.fills.append(fill)
+        if throttle_ms > 0:
+            p.throttle_ns, p.throttle_ms = response_ns, throttle_ms
         self._settle(p, request_ns)
-        p.history.append((response_ns, self._lag(p)))
+        st = self.partitions.get(key)
+        p.history.append((response_ns, self._lag(p), st.high_watermark if st is not None else -1, p.position,
+                          p.moved_ns))
+
+    def _caught_up(self, p: Position, ts_ns: int) -> bool:
+        """Its lag in seconds is within `caught_up` (what its pace was "before the lag grew")."""
+        m = self.measure(p, ts_ns)
+        return m.lag <= 0 or (m.lag_seconds is not None and m.lag_seconds * 1e9 <= self.rules.caught_up_ns)
+
+    def fetch_failed(self, instance: Instance, key: PartitionKey, error_code: int, ts_ns: int) -> None:
+        """A fetch of `key` by `instance` answered with a partition error."""
+        p = self.positions.get((instance, key))
+        if p is not None:
+            p.error_ns, p.error_code = ts_ns, error_code
+
+    def group_changed(self, group: str | None, instance: Instance, ts_ns: int) -> None:
+        """A JoinGroup, SyncGroup or LeaveGroup of `instance` in `group`: its group's membership is changing."""
+        for p in self.positions.values():
+            if p.instance == instance or (group and p.group == group):
+                p.rebalance_ns = ts_ns
+
+    def process_state(self, pid: int, state: str, ts_ns: int) -> None:
+        """The kernel's word on a consumer process: running, stopped (SIGSTOP, a tracer), frozen (its cgroup),
+        or exited."""
+        if state == EXITED:
+            self.process_states.pop(pid, None)
+            self.process_exited(pid, ts_ns)
+        elif state in (STOPPED_STATE, FROZEN):
+            if pid not in self.process_states:
+                self.process_states[pid] = (state, ts_ns)
+        else:
+            self.process_states.pop(pid, None)
+
+    def consumer_pids(self) -> set[int]:
+        """Processes with a partition they still fetch: those whose state is worth asking the kernel."""
+        return {p.instance.pid for p in self.positions.values() if not p.gone_ns and p.instance.pid > 0}
 
     def share_fetched(self, instance: Instance, group: str, conn_id: int, key: PartitionKey, acquired_end: int | None,
                       request_ns: int, response_ns: int, max_wait_ms: int, leader: object = None) -> None:
@@ -257,6 +418,8 @@ class LagTracker:
         self.committed[(group, key)] = (offset, ts_ns)
         p = self.positions.get((instance, key))
         if p is not None:
+            if offset > p.committed >= 0:
+                p.progress_ns = ts_ns  # it consumes: a commit moved on
             p.committed = offset
             p.committed_ns = ts_ns
             if offset > p.position:  # it consumed what it fetched last, and says so (a commit at close)
@@ -311,16 +474,35 @@ class LagTracker:
     def evaluate(self, now_ns: int) -> list[StatusChange]:
         """Statuses as of now; returns the changes. Forgets partitions stopped longer than `forget`."""
         self.prune(now_ns)
+        rules = self.rules
         changes = []
         forget = []
         for pk, p in self.positions.items():
             m = self.measure(p, now_ns)
-            status, reason = self._status(p, m, now_ns)
-            if status != p.status:
-                changes.append(StatusChange(p, p.status, status, now_ns, max(m.lag, 0), reason))
-                p.status = status
-                p.status_ns = now_ns
-            if status == STOP and now_ns - max(p.status_ns, p.gone_ns, p.fetched_ns) > self.forget_ns:
+            status, reason = self._evidence(p, m, now_ns)
+            if status == p.status:
+                p.candidate = None
+                if reason:
+                    p.reason = reason
+            else:
+                if status != p.candidate:
+                    p.candidate, p.candidate_ns = status, now_ns
+                if now_ns - p.candidate_ns >= self._hold(p.status, status):
+                    previous = p.status
+                    p.status, p.status_ns, p.reason, p.candidate = status, now_ns, reason, None
+                    cause, evidence = self._settle_cause(p, m, now_ns, force=True)
+                    changes.append(StatusChange(p, previous, status, now_ns, max(m.lag, 0), reason, cause, evidence,
+                                                self.heading(p, m, now_ns), m.lag_seconds))
+                    if status == STOP:
+                        p.history.clear()  # what it does once back is a new trend
+            if p.candidate is None:
+                self._settle_cause(p, m, now_ns)
+            if p.status == OK and p.cause == NONE and (m.lag == 0 or (
+                    m.lag_seconds is not None and m.lag_seconds * 1e9 <= rules.caught_up_ns)):
+                produce = self.produce_rate(p.partition)
+                if produce is not None:
+                    p.base_produce = _ewma(p.base_produce, produce)
+            if p.status == STOP and now_ns - max(p.status_ns, p.gone_ns, p.fetched_ns) > self.forget_ns:
                 forget.append(pk)
         for pk in forget:
             p = self.positions.pop(pk)
@@ -330,53 +512,191 @@ class LagTracker:
             if p.share and not any(q.share and q.group == p.group for q in
                                    (self.positions.get((i, pk[1])) for i in instances or ()) if q is not None):
                 self.share_ends.pop((p.group, pk[1]), None)  # no member of the group left here
+        live = {p.instance.pid for p in self.positions.values()}
+        for pid in [pid for pid in self.process_states if pid not in live]:
+            del self.process_states[pid]
         return changes
 
-    def _expected_interval(self, p: Position, now_ns: int) -> int:
-        """How long after a response its next fetch may go out: the grace, or three times the client's usual
-        time between a response and its next request (a slow handler), whichever is longer; for an instance
-        too new to know its pace (a JVM warming up on its first backlog), at least `NEW_GRACE_NS`."""
-        late = self.grace_ns
-        if p.gaps:
-            gaps = sorted(p.gaps)
-            late = max(late, 3 * gaps[min(len(gaps) - 1, len(gaps) * 9 // 10)])
+    def _hold(self, current: str, new: str) -> int:
+        """How long the evidence for `new` must hold before `current` gives way to it."""
+        r = self.rules
+        if new in (STOP, STALL):
+            return r.hold_stop_ns
+        if current in (STOP, STALL):
+            return 0  # it fetched and moved on: that is proof
+        return r.hold_warn_ns if new == WARN else r.hold_ok_ns
+
+    def due_ns(self, p: Position, now_ns: int) -> int:
+        """How long after a response its next fetch may come: `pace_margin` x the records in its hands (its last
+        two fetches: a client fetches the next batch while it handles one) x its time per record now (the slowest
+        of its last cycles, not a figure learnt while it was fast), at least `grace`; for an instance too new to
+        know its pace (a JVM warming up on its first backlog), at least `NEW_GRACE_NS`."""
+        r = self.rules
+        late = r.grace_ns
+        in_hand = sum(p.handed)
+        if p.per_record and in_hand:
+            late = max(late, int(r.pace_margin * max(p.per_record) * in_hand))
         if len(p.gaps) < ESTABLISHED or now_ns - p.first_ns < NEW_NS:
             late = max(late, NEW_GRACE_NS)
         return late
 
-    def _status(self, p: Position, m: Measure, now_ns: int) -> tuple[str, str]:
+    _expected_interval = due_ns
+
+    def _evidence(self, p: Position, m: Measure, now_ns: int) -> tuple[str, str]:
+        """The status the evidence points to now, and why."""
         if p.gone_ns:
             return STOP, "no longer fetches the partition (connection closed, process gone, or rebalanced away)"
-        late = self._expected_interval(p, now_ns)
+        state = self.process_states.get(p.instance.pid)
+        if state is not None:
+            return STOP, ("its process is stopped (the kernel's task state)" if state[0] == STOPPED_STATE else
+                          "its process is frozen (its cgroup)")
+        late = self.due_ns(p, now_ns)
         if m.lag > 0:
-            waiting_since = max(p.fetched_ns, p.lag_waiting_since_ns)
+            waiting_since = max(p.fetched_ns, p.lag_waiting_since_ns, p.progress_ns)
             if now_ns - waiting_since > late:
-                return STOP, "messages are waiting and it has not fetched them"
+                return STOP, "messages are waiting and it has not fetched them within its pace"
             if p.refetches and now_ns - max(p.moved_ns, p.lag_waiting_since_ns) > max(self.stall_ns, late):
                 return STALL, ("its share fetches acquire nothing although messages wait" if p.share else
                                "it fetches the same position again: its records are not consumed")
-            if self._rising(p, now_ns):
-                return WARN, "its lag has grown over the window"
+            trend = self.trend(p, now_ns)
+            if trend is not None and trend[0] * trend[1] / 1e9 >= self.rules.warn_rise:
+                return WARN, "its lag trends up over the window"
+            if p.status == WARN and trend is None:
+                return WARN, ""  # no new evidence either way: it holds
             return OK, ""
         if now_ns - p.fetched_ns > p.max_wait_ns + late:
             return STOP, "it stopped fetching"
         return OK, ""
 
-    def _rising(self, p: Position, now_ns: int) -> bool:
-        """Lag over the window: never back to zero, and higher at the end than at the start."""
-        start = now_ns - self.window_ns
+    def _window(self, p: Position, now_ns: int) -> list:
+        """Its samples over the window: at least `window`, and at least `min_samples` fetches."""
         hist = p.history
-        if not hist or hist[0][0] > start:
-            return False  # not a whole window seen yet
-        first = None
-        for ts, lag in hist:
-            if ts < start:
-                first = lag
-                continue
-            if lag == 0:
-                return False
-        last = hist[-1][1]
-        return first is not None and last > first
+        start = now_ns - self.rules.window_ns
+        n = sum(1 for s in hist if s[0] >= start)
+        n = max(n, min(len(hist), self.rules.min_samples))
+        return list(hist)[len(hist) - n:]
+
+    def trend(self, p: Position, now_ns: int) -> tuple[float, int] | None:
+        """The lag's least-squares slope (messages/s) at its fetches over the window, and the window's span in ns;
+        None while fewer than `min_samples` fetches were seen (no evidence either way)."""
+        samples = self._window(p, now_ns)
+        if len(samples) < self.rules.min_samples:
+            return None
+        slope = _slope([(s[0], s[1]) for s in samples])
+        if slope is None:
+            return None
+        return slope, max(self.rules.window_ns, samples[-1][0] - samples[0][0])
+
+    def heading(self, p: Position, m: Measure, now_ns: int) -> Heading:
+        """Where its lag is heading. Its consume rate: the records its position passed over its last fetches in
+        the window, by their request times; the produce rate: the partition's high watermark over the window.
+        Catching up, the time is the work ahead (its lag, and what its last fetch handed it that its pace has not
+        done yet) over what it handles at its pace (with a backlog) less the produce rate; falling behind,
+        the time until its lag in seconds, growing by the part of each second's production it does not
+        consume, reaches the objective."""
+        samples = self._window(p, now_ns)
+        consume = produce = trend = catch_up = breach = None
+        if len(samples) >= 2 and samples[-1][4] > samples[0][4]:
+            consume = (samples[-1][3] - samples[0][3]) * 1e9 / (samples[-1][4] - samples[0][4])
+        produce = self.produce_rate(p.partition)
+        t = self.trend(p, now_ns)
+        if t is not None:
+            trend = t[0]
+        if m.lag == 0:
+            catch_up = 0.0
+        elif consume is not None and produce is not None:
+            # with a backlog it works at its pace: the slowest time per record of its last cycles
+            pace = max(p.per_record) if p.per_record else 0.0
+            capacity = 1e9 / pace if pace > 0 and not self._caught_up(p, now_ns) else consume
+            if capacity > produce and (trend is None or trend * self.rules.window_ns / 1e9 < self.rules.warn_rise):
+                moved = samples[-1][3] - samples[-2][3] if len(samples) >= 2 else 0
+                in_hand = max(0.0, moved - capacity * (now_ns - p.moved_ns) / 1e9)
+                catch_up = (m.lag + in_hand) / (capacity - produce)
+            elif produce > consume and produce > 0 and m.lag_seconds is not None:
+                objective = self.rules.objective_ns / 1e9
+                breach = 0.0 if m.lag_seconds >= objective else (
+                    (objective - m.lag_seconds) / ((produce - consume) / produce))
+        return Heading(consume, produce, trend, catch_up, breach)
+
+    def produce_rate(self, key: PartitionKey) -> float | None:
+        """Messages/s into the partition over the window, from its high watermark."""
+        st = self.partitions.get(key)
+        if st is None or len(st.samples) < 2:
+            return None
+        end_ns, end = st.samples[-1]
+        start_ns, start = end_ns, end
+        for t, v in reversed(st.samples):
+            start_ns, start = t, v
+            if t < end_ns - self.rules.window_ns:
+                break
+        return (end - start) * 1e9 / (end_ns - start_ns) if end_ns > start_ns else None
+
+    # --- the lag's cause ---------------------------------------------------------------------------
+
+    def _settle_cause(self, p: Position, m: Measure, now_ns: int, force: bool = False) -> tuple[str, tuple]:
+        """The cause as the evidence tells it, within what the status admits; a change within one status holds
+        for `hold_cause` first, a change the status forces is at once."""
+        cause, evidence = self.cause(p, m, now_ns)
+        if cause == p.cause:
+            p.cause_candidate = None
+        elif force or p.cause not in CAUSES_OF[p.status]:
+            p.cause, p.cause_candidate = cause, None
+        else:
+            if cause != p.cause_candidate:
+                p.cause_candidate, p.cause_ns = cause, now_ns
+            if now_ns - p.cause_ns >= self.rules.hold_cause_ns:
+                p.cause, p.cause_candidate = cause, None
+        return p.cause, evidence
+
+    def cause(self, p: Position, m: Measure, now_ns: int) -> tuple[str, tuple]:
+        """Why it lags, from its own traffic: (cause, evidence attributes). Never one its status contradicts."""
+        r = self.rules
+        recent = now_ns - r.window_ns
+        status = p.status
+        per_record = max(p.per_record) if p.per_record else 0.0
+        latency = sorted(p.latencies)[len(p.latencies) // 2] if p.latencies else 0
+        fill = max(p.fills) if p.fills else 0.0
+        evidence = (("otel_kafka_ebpf.lag.evidence.processing_s", (p.gaps[-1] if p.gaps else 0) / 1e9),
+                    ("otel_kafka_ebpf.lag.evidence.per_record_ms", per_record / 1e6),
+                    ("otel_kafka_ebpf.lag.evidence.per_record_before_ms", max(p.base_per_record, 0) / 1e6),
+                    ("otel_kafka_ebpf.lag.evidence.fetch_latency_ms", latency / 1e6),
+                    ("otel_kafka_ebpf.lag.evidence.throttle_ms", p.throttle_ms if p.throttle_ns >= recent else 0),
+                    ("otel_kafka_ebpf.lag.evidence.fill_ratio", round(fill, 3)),
+                    ("otel_kafka_ebpf.lag.evidence.error_code", p.error_code if p.error_ns >= recent else 0))
+        rebalancing = p.moved_away or (p.rebalance_ns and p.rebalance_ns >= recent)
+        errors = p.error_ns and p.error_ns >= recent
+        throttled = p.throttle_ns and p.throttle_ns >= recent
+        if status == STOP:
+            return (REBALANCING if rebalancing else ERRORS if errors else STOPPED), evidence
+        if status == STALL:
+            return (THROTTLED if throttled else ERRORS if errors else PROCESSING), evidence
+        if m.lag <= 0 or (status == OK and m.lag_seconds is not None and m.lag_seconds * 1e9 <= r.caught_up_ns):
+            return NONE, evidence
+        if status == OK and p.cause in LAG_CAUSES:
+            return p.cause, evidence  # working off a backlog: what made it
+        if rebalancing:
+            return REBALANCING, evidence
+        if errors:
+            return ERRORS, evidence
+        if throttled:
+            return THROTTLED, evidence
+        produce = self.produce_rate(p.partition)
+        evidence += (("otel_kafka_ebpf.lag.evidence.produce_rate", round(produce, 1) if produce is not None else None),
+                     ("otel_kafka_ebpf.lag.evidence.produce_rate_before",
+                      round(p.base_produce, 1) if p.base_produce >= 0 else None))
+        if produce is not None and p.base_produce > 0 and produce >= r.burst_factor * p.base_produce:
+            return PRODUCER_BURST, evidence
+        if per_record >= max(r.processing_factor * max(p.base_per_record, 0), r.processing_min_ns):
+            return PROCESSING, evidence
+        # after processing: a client that reads its socket from its poll loop (the Java client) reads a response
+        # late while its handler is busy, which looks like a slow broker
+        if p.base_latency > 0 and latency >= max(r.broker_factor * p.base_latency, r.broker_min_ns):
+            return BROKER, evidence
+        if fill >= r.fill_ratio:
+            return FETCH_CAPACITY, evidence
+        if status == OK:
+            return NONE, evidence  # some lag, not growing, nothing of its own behind it
+        return PRODUCER_BURST, evidence  # it works at its own pace; more is produced than it has sustained
 
     def stale_partitions(self, now_ns: int, older_than_ns: int) -> dict[object, set[PartitionKey]]:
         """Leader endpoint -> partitions whose consumers stopped or stall and whose high watermark is older than
@@ -393,3 +713,25 @@ class LagTracker:
     def measures(self, now_ns: int) -> list[Measure]:
         """Every instance's position now; a partition rebalanced to another member is not its lag any more."""
         return [self.measure(p, now_ns) for p in self.positions.values() if not p.moved_away]
+
+
+def _ewma(old: float, sample: float) -> float:
+    """A baseline: it follows a faster pace at once and a slower one only slowly (a slow-down in its first
+    seconds, while the lag is still small, is not what it was before)."""
+    if old < 0:
+        return sample
+    return old + (0.5 if sample < old else 0.02) * (sample - old)
+
+
+def _slope(points: list[tuple[int, int]]) -> float | None:
+    """Least-squares slope of (ns, value) points, per second; None without two distinct times."""
+    n = len(points)
+    if n < 2:
+        return None
+    t0 = points[0][0]
+    mx = sum(t - t0 for t, _ in points) / n
+    my = sum(v for _, v in points) / n
+    sxx = sum((t - t0 - mx) ** 2 for t, _ in points)
+    if sxx <= 0:
+        return None
+    return sum((t - t0 - mx) * (v - my) for t, v in points) / sxx * 1e9

@@ -16,7 +16,9 @@ agent's resource); a series unchanged for 5 minutes (its process is gone) is no 
   messaging.client.consumed.messages   counter        messages delivered to consumers
   messaging.kafka.consumer.lag         gauge          high watermark - position, per instance and partition
   otel_kafka_ebpf.consumer.lag.seconds gauge, s       age of the oldest message not yet consumed
-  otel_kafka_ebpf.consumer.status      gauge          0 OK, 1 WARN, 2 STALL, 3 STOP
+  otel_kafka_ebpf.consumer.status      gauge          0 OK, 1 WARN, 2 STALL, 3 STOP, with `otel_kafka_ebpf.lag.cause`
+  otel_kafka_ebpf.consumer.consume_rate / .produce_rate   gauges, messages/s over the status window
+  otel_kafka_ebpf.consumer.catch_up_time / .objective_breach_time  gauges, s: while the lag shrinks / grows
   otel_kafka_ebpf.consumer.position / .committed_offset, otel_kafka_ebpf.partition.high_watermark
 """
 
@@ -212,13 +214,31 @@ class LagMetricsSink:
     def _status_record(self, c: StatusChange) -> bytes:
         p = c.position
         severity, text = _SEVERITY.get(c.status, (wire.SEVERITY_INFO, "INFO"))
+        h = c.heading
+        heading = () if h is None else tuple((name, round(v, 3)) for name, v in (
+            ("otel_kafka_ebpf.consumer.consume_rate", h.consume_rate),
+            ("otel_kafka_ebpf.consumer.produce_rate", h.produce_rate),
+            ("otel_kafka_ebpf.lag.trend", h.trend),
+            ("otel_kafka_ebpf.consumer.catch_up_time", h.catch_up_s),
+            ("otel_kafka_ebpf.consumer.objective_breach_time", h.breach_s)) if v is not None)
         attrs = self._position_attrs(p) + (
             ("otel_kafka_ebpf.consumer.status", c.status), ("otel_kafka_ebpf.consumer.previous_status", c.previous),
-            ("messaging.kafka.consumer.lag", c.lag))
+            ("otel_kafka_ebpf.lag.cause", c.cause), ("otel_kafka_ebpf.consumer.status.reason", c.reason),
+            ("messaging.kafka.consumer.lag", c.lag),
+            ("otel_kafka_ebpf.consumer.lag.seconds", None if c.lag_seconds is None else round(c.lag_seconds, 3)),
+            ("otel_kafka_ebpf.status.rule.due_s", self.tracker.due_ns(p, c.ts_ns) / 1e9)
+        ) + heading + c.evidence + self.tracker.rules.attributes()
+        eta = ""
+        if h is not None and h.catch_up_s:
+            eta = f"; catches up in {h.catch_up_s:.1f} s"
+        elif h is not None and h.breach_s is not None:
+            eta = f"; lag objective breached in {h.breach_s:.1f} s"
         body = (f"consumer {p.instance.client_id or '?'} (group {p.group or '-'}) on {p.partition.topic}"
                 f"[{p.partition.partition}]: {c.previous} -> {c.status}" + (f": {c.reason}" if c.reason else "")
-                + f"; lag {c.lag} messages")
-        return wire.log_record(c.ts_ns, severity, text, body, wire.attributes(6, attrs), STATUS_EVENT)
+                + f"; cause {c.cause}; lag {c.lag} messages" + eta)
+        fixed, varying = attrs[:len(self._position_attrs(p)) + 4], attrs[len(self._position_attrs(p)) + 4:]
+        return wire.log_record(c.ts_ns, severity, text, body, wire.attributes(6, fixed) +
+                               wire.fresh_attributes(6, varying), STATUS_EVENT)
 
     def _export_logs(self) -> None:
         by_pid: dict[int, list[bytes]] = {}
@@ -280,6 +300,10 @@ class LagMetricsSink:
         status: dict[int, list[bytes]] = {}
         position: dict[int, list[bytes]] = {}
         committed: dict[int, list[bytes]] = {}
+        consume: dict[int, list[bytes]] = {}
+        produce: dict[int, list[bytes]] = {}
+        catch_up: dict[int, list[bytes]] = {}
+        breach: dict[int, list[bytes]] = {}
         for m in self.tracker.measures(now_ns):
             p = m.position
             pid = p.instance.pid
@@ -288,7 +312,14 @@ class LagMetricsSink:
                 lag.setdefault(pid, []).append(wire.number_point(attrs, start, now_ns, m.lag))
             if m.lag_seconds is not None:
                 lag_s.setdefault(pid, []).append(wire.number_point(attrs, start, now_ns, float(m.lag_seconds)))
-            status.setdefault(pid, []).append(wire.number_point(attrs, start, now_ns, STATUS_CODES[p.status]))
+            status.setdefault(pid, []).append(wire.number_point(wire.point_attributes(
+                self._position_attrs(p) + (("otel_kafka_ebpf.lag.cause", p.cause),), 7), start, now_ns,
+                STATUS_CODES[p.status]))
+            h = self.tracker.heading(p, m, now_ns)
+            for series, value in ((consume, h.consume_rate), (produce, h.produce_rate), (catch_up, h.catch_up_s),
+                                  (breach, h.breach_s)):
+                if value is not None:
+                    series.setdefault(pid, []).append(wire.number_point(attrs, start, now_ns, float(value)))
             position.setdefault(pid, []).append(wire.number_point(attrs, start, now_ns, p.position))
             if p.committed >= 0:
                 committed.setdefault(pid, []).append(wire.number_point(attrs, start, now_ns, p.committed))
@@ -297,6 +328,14 @@ class LagMetricsSink:
         emit("otel_kafka_ebpf.consumer.lag.seconds", "age of the oldest message the consumer has not consumed "
              "(a lower bound where that offset's history was evicted)", "s", lag_s, "gauge")
         emit("otel_kafka_ebpf.consumer.status", "0 OK, 1 WARN, 2 STALL, 3 STOP", "{status}", status, "gauge")
+        emit("otel_kafka_ebpf.consumer.consume_rate", "messages the consumer took per second over the status "
+             "window", "{message}/s", consume, "gauge")
+        emit("otel_kafka_ebpf.consumer.produce_rate", "messages produced per second into the partition it reads, "
+             "over the status window", "{message}/s", produce, "gauge")
+        emit("otel_kafka_ebpf.consumer.catch_up_time", "while its lag shrinks: the time until it is caught up at "
+             "the current rates (0: caught up)", "s", catch_up, "gauge")
+        emit("otel_kafka_ebpf.consumer.objective_breach_time", "while its lag grows: the time until its lag in "
+             "seconds reaches the objective (0: beyond it)", "s", breach, "gauge")
         emit("otel_kafka_ebpf.consumer.position", "the next offset the consumer fetches", "{offset}", position,
              "gauge")
         emit("otel_kafka_ebpf.consumer.committed_offset", "the consumer's last committed offset", "{offset}",

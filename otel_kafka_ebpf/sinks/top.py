@@ -2,7 +2,8 @@
 
 One row per consumer instance and topic: service, group, client id, partitions, lag in messages and
 seconds, consume rate against the topic's produce rate (from its high watermark), p50/p99 latency over
-the last `window`, and the worst status of its partitions; one row per producer process, client and
+the last `window`, the worst status of its partitions with its lag cause, and where its lag is heading
+(ETA: the soonest objective breach, else the longest catch-up); one row per producer process, client and
 topic: rate and send latency. Rates and percentiles use the events' own time, so a replayed recording
 shows what the live view showed.
 """
@@ -105,6 +106,22 @@ class TopView:
             return None
         return (samples[-1][1] - samples[0][1]) / ((samples[-1][0] - samples[0][0]) / 1e9)
 
+    def _eta(self, ms: list, now_ns: int) -> str:
+        """Where the instance's lag is heading: the soonest objective breach (`breach 12s`), else the longest
+        catch-up (`catch-up 8s`), `ok` when caught up, `-` unknown."""
+        breach, catch_up = [], []
+        for m in ms:
+            h = self.tracker.heading(m.position, m, now_ns)
+            if h.breach_s is not None:
+                breach.append(h.breach_s)
+            elif h.catch_up_s is not None:
+                catch_up.append(h.catch_up_s)
+        if breach:
+            return f"breach {min(breach):.0f}s"
+        if catch_up:
+            return "ok" if max(catch_up) == 0 else f"catch-up {max(catch_up):.0f}s"
+        return "-"
+
     def render(self, now_ns: int) -> str:
         rows = []
         positions: dict[tuple, list] = {}
@@ -120,14 +137,18 @@ class TopView:
             lat = [(x[2], x[1]) for x in samples if x[2] is not None]
             lag = sum(max(m.lag, 0) for m in ms)
             lag_s = max((m.lag_seconds for m in ms if m.lag_seconds is not None), default=None)
-            status = max((m.position.status for m in ms), key=STATUS_CODES.__getitem__, default="-")
+            worst = max(ms, key=lambda m: STATUS_CODES[m.position.status], default=None)
+            status = worst.position.status if worst is not None else "-"
+            causes = [m.position.cause for m in ms if m.position.status == status and m.position.cause != "none"]
+            cause = max(set(causes), key=causes.count) if causes else ("none" if ms else "-")
+            eta = self._eta(ms, now_ns)
             produce = self._produce_rate(str(topic))
             rows.append((self.resources.service_name(pid) or str(pid), group or "-", client or "-", str(topic),
                          str(len(ms)), str(lag), "-" if lag_s is None else f"{lag_s:.1f}",
                          f"{rate:.0f}/{'-' if produce is None else f'{produce:.0f}'}",
-                         _ms(percentile(lat, 0.5)), _ms(percentile(lat, 0.99)), status))
+                         _ms(percentile(lat, 0.5)), _ms(percentile(lat, 0.99)), status, cause, eta))
         head = ("SERVICE", "GROUP", "CLIENT", "TOPIC", "PARTS", "LAG", "LAG_S", "MSG/S CONS/PROD", "P50", "P99",
-                "STATUS")
+                "STATUS", "CAUSE", "ETA")
         out = [f"otel-kafka-ebpf top  consumers: {len(rows)}", _table(head, rows), ""]
         prows = []
         for (pid, client, topic), samples in sorted(self._produced.items(), key=lambda kv: (kv[0][2], kv[0][0])):

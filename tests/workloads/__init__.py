@@ -561,6 +561,8 @@ def contract_parser(client: str) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--process-ms", type=float, default=0)
     p.add_argument("--hang-after", type=int, default=-1)
+    p.add_argument("--process-after", type=int, default=0)
+    p.add_argument("--process-until", type=int, default=-1)
     p.add_argument("--hang-s", type=float, default=0)
     return p
 
@@ -669,9 +671,11 @@ def workload_main(client: str, version: str, work) -> int:
 
 
 def handle(args: argparse.Namespace, consumed: int) -> None:
-    """The application's own work per record: --process-ms each, and once --hang-after records a hang of
+    """The application's own work per record: --process-ms each (from the record after --process-after to
+    --process-until), and once --hang-after records a hang of
     --hang-s seconds (0: until killed), the poll loop blocked in the handler."""
-    if args.process_ms > 0:
+    if args.process_ms > 0 and consumed > args.process_after and (
+            args.process_until < 0 or consumed <= args.process_until):
         time.sleep(args.process_ms / 1000)
     if consumed == args.hang_after:
         if args.hang_s > 0:

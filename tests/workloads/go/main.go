@@ -57,6 +57,8 @@ type options struct {
 	out           string
 	processMs     float64
 	hangAfter     int
+	processAfter  int
+	processUntil  int
 	hangS         float64
 }
 
@@ -94,6 +96,8 @@ func parseOptions(args []string) (*options, error) {
 	fs.Float64Var(&o.timeoutS, "timeout-s", 60, "give up after this many seconds")
 	fs.Float64Var(&o.processMs, "process-ms", 0, "the application's own work per consumed record, in ms")
 	fs.IntVar(&o.hangAfter, "hang-after", -1, "after this many consumed records the handler hangs")
+	fs.IntVar(&o.processAfter, "process-after", 0, "--process-ms applies from this many consumed records on")
+	fs.IntVar(&o.processUntil, "process-until", -1, "and up to this many (-1: to the end)")
 	fs.Float64Var(&o.hangS, "hang-s", 0, "how long the handler hangs (0: until killed)")
 	fs.StringVar(&o.out, "out", "", "ground truth file (JSON lines, required)")
 	if err := fs.Parse(args); err != nil {
@@ -525,10 +529,11 @@ func consumerOptions(o *options) []kgo.Opt {
 	return opts
 }
 
-// handle is the application's own work per record: --process-ms each, and once --hang-after
+// handle is the application's own work per record: --process-ms each (from the record after
+// --process-after to --process-until), and once --hang-after
 // records a hang of --hang-s seconds (0: until killed), the poll loop blocked in the handler.
 func handle(o *options, got int) {
-	if o.processMs > 0 {
+	if o.processMs > 0 && got > o.processAfter && (o.processUntil < 0 || got <= o.processUntil) {
 		time.Sleep(time.Duration(o.processMs * float64(time.Millisecond)))
 	}
 	if got == o.hangAfter {

@@ -71,7 +71,8 @@ public final class Workload {
 
     static final class Options {
         String bootstrap, topic, out;
-        int partitions = 1, messages = 100, size = 100, lingerMs = 5, batchSize = 16384, hangAfter = -1;
+        int partitions = 1, messages = 100, size = 100, lingerMs = 5, batchSize = 16384, hangAfter = -1,
+            processAfter = 0, processUntil = -1;
         double rate = 0, timeoutS = 60, processMs = 0, hangS = 0;
         String compression = "none", acks = "all", mode = "both", group, groupProtocol = "classic";
         String clientId = "okw-" + CLIENT;
@@ -115,6 +116,8 @@ public final class Workload {
                     case "--out": o.out = v; break;
                     case "--process-ms": o.processMs = number(a, v); break;
                     case "--hang-after": o.hangAfter = integer(a, v); break;
+                    case "--process-after": o.processAfter = integer(a, v); break;
+                    case "--process-until": o.processUntil = integer(a, v); break;
                     case "--hang-s": o.hangS = number(a, v); break;
                     default: throw new Fail(EXIT_ERROR, "unknown option " + a);
                 }
@@ -498,11 +501,13 @@ public final class Workload {
      * Consumes until want records were consumed. With start (mode both) only records at or after the
      * partitions' pre-produce end offsets count (and are written): those are the ones this run produced.
      */
-    /** The application's own work per record: --process-ms each, and once --hang-after records a hang of
+    /** The application's own work per record: --process-ms each (from the record after --process-after to
+     * --process-until), and once --hang-after records a hang of
      * --hang-s seconds (0: until killed), the poll loop blocked in the handler. */
     void handle(int got) {
         try {
-            if (o.processMs > 0) Thread.sleep((long) o.processMs, (int) ((o.processMs % 1) * 1_000_000));
+            if (o.processMs > 0 && got > o.processAfter && (o.processUntil < 0 || got <= o.processUntil))
+                Thread.sleep((long) o.processMs, (int) ((o.processMs % 1) * 1_000_000));
             if (got == o.hangAfter) {
                 if (o.hangS > 0) Thread.sleep((long) (o.hangS * 1000));
                 else Thread.sleep(Long.MAX_VALUE);
