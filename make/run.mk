@@ -1,7 +1,7 @@
 # The two commands of the README: `make test` and `make demo`. Each sets up what it needs.
 
 .PHONY: setup
-setup: apt-deps venv bpf loadgen kafka-jars burrow-jars workloads backends kernels
+setup: apt-deps venv native bpf loadgen kafka-jars burrow-jars workloads backends kernels
 
 .PHONY: test
 test: setup

@@ -369,6 +369,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .fastpath import DECODERS
     from .sinks.pairs import add_trace_arguments
 
     parser = _Parser(prog="otel-kafka-ebpf", description="Kafka client latency and lag from eBPF, over OpenTelemetry.")
@@ -418,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status-interval", type=_seconds, default=0, metavar="S",
                    help="print a one-line summary every S seconds")
     p.set_defaults(func=cmd_run)
+    for name in ("record", "replay", "trace", "top", "run"):  # fastpath: which decoder (the core or its oracle)
+        sub.choices[name].add_argument("--decoder", choices=DECODERS, default=None,
+                                       help="core: the compiled hot path (auto: when built); python: the oracle")
     for p in sub.choices.values():  # also after the command: `otel-kafka-ebpf trace --debug`
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -429,11 +433,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .capture.recording import RecordingError
     from .config import ConfigError
 
+    from .fastpath import set_choice
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    if getattr(args, "decoder", None):  # fastpath: --decoder
+        set_choice(args.decoder)
     # a closed pipe (`| head`) ends the output quietly
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:

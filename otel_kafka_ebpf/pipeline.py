@@ -23,6 +23,7 @@ from typing import TextIO
 from .capture.streams import Annotation, ConnectionClosed, ConnectionOpened, StreamEvent
 from .correlate.batches import Correlator
 from .correlate.clusters import Endpoint
+from .fastpath import pipeline_decoder
 from .discovery import METADATA_ANSWER as METADATA, OFFSETS_ANSWER as OFFSETS
 from .identity import ProcessDirectory, ProcessIdentity
 from .kafka.apis import decode_response_body
@@ -46,7 +47,7 @@ class Pipeline:
                  correlator: Correlator | None = None, broker_traffic: bool = False,
                  on_annotation: Callable[[Annotation], None] | None = None, lookup=None,
                  discover_metadata: bool = True, poll_high_watermarks: bool = True) -> None:
-        self.decoder = KafkaStreamDecoder()
+        self.decoder = pipeline_decoder()  # fastpath: the compiled core, or the Python decoder (--decoder)
         self.correlator = correlator or Correlator()
         self.correlator.connections = self.decoder.opened  # one table of open connections
         self.processes = processes or ProcessDirectory()
