@@ -937,12 +937,22 @@ static __always_inline void skip_sendfile(struct conn *c, __u32 n)
 	}
 }
 
+#define OKE_RCV_SHUTDOWN 1  /* include/net/sock.h: the peer shut its side (a FIN came) */
+
 /* Where this direction of the TCP stream is now, mod 2^32: the next byte the user will read (receive) or
- * the next byte it queued (send). */
+ * the next byte it queued (send). A read that reached the peer's FIN has counted it as one sequence number
+ * (copied_seq then equals rcv_nxt, past the FIN, and the peer has shut its side): that one is no byte. */
 static __always_inline __u32 tcp_seq_now(__u64 sk, __u8 dir)
 {
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
-	return (dir & 1) == OKE_DIR_RECV ? BPF_CORE_READ(tp, copied_seq) : BPF_CORE_READ(tp, write_seq);
+	if ((dir & 1) != OKE_DIR_RECV)
+		return BPF_CORE_READ(tp, write_seq);
+	__u32 seq = BPF_CORE_READ(tp, copied_seq);
+	struct sock *s = (struct sock *)sk;
+	if ((BPF_CORE_READ(s, sk_shutdown) & OKE_RCV_SHUTDOWN) &&
+	    BPF_CORE_READ(s, __sk_common.skc_state) != TCP_ESTABLISHED && seq == BPF_CORE_READ(tp, rcv_nxt))
+		seq--;
+	return seq;
 }
 
 /* Offset 0 of the direction's stream is at TCP sequence number `seq` less `d->offset`. */
