@@ -3,7 +3,7 @@
 A kernel's patch release once moved the object over the 512-byte stack limit, and a newer compiler
 turned a callback's `? 1 : 0` into a form newer kernels refuse. These tests fail as soon as a change
 eats the margin, on any machine, before any kernel sees the object; the kernel matrix
-(tests/integration/test_kernel_matrix.py) then proves it on real kernels.
+(tests/kernels/test_kernel_matrix.py) then proves it on real kernels.
 """
 
 import os
