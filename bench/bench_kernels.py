@@ -4,7 +4,7 @@
 
 Boots Debian's newest 6.1, 6.12 and sid kernels under QEMU (TCG: times are those of an emulated CPU,
 tens of times the host's; compare kernels with each other, not with the host) and runs the host's own
-kernel natively, through tests/kernels/matrix.py, the same path as tests/integration/test_kernel_matrix.py.
+kernel natively, through tests/kernels/matrix.py, the same path as tests/kernels/test_kernel_matrix.py.
 Prints, per kernel and capture mode: the exact kernel, whether the walker loaded (else the reason),
 instructions the verifier processed per program (and the share of its 1,000,000 limit), verification
 time, load seconds, the boot (kernel start to the guest's Python) and whole-run seconds, whether the
