@@ -44,7 +44,7 @@ enum op_kind { OP_BUF = 0, OP_IOV = 1, OP_MSG = 2, OP_MMSG = 3, OP_CONNECT = 4, 
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, OKE_MAX_CONNS);
 	__type(key, __u64);              /* struct sock * */
 	__type(value, struct conn);
 } conns SEC(".maps");
@@ -53,7 +53,7 @@ const struct conn zero_conn = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 131072);
+	__uint(max_entries, OKE_MAX_FD_VERDICTS);
 	__type(key, __u64);              /* tgid << 32 | fd */
 	__type(value, __u8);
 } fd_verdicts SEC(".maps");
@@ -62,21 +62,21 @@ struct {
  * no longer leads to the socket */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, OKE_MAX_KAFKA_FDS);
 	__type(key, __u64);
 	__type(value, __u64);
 } kafka_fds SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, OKE_MAX_PIDS);
 	__type(key, __u32);
 	__type(value, __u8);
 } pid_filter SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, OKE_MAX_KAFKA_TGIDS);
 	__type(key, __u32);              /* tgids that own Kafka connections, for exit events */
 	__type(value, __u8);
 } kafka_tgids SEC(".maps");
@@ -108,7 +108,7 @@ struct {
 /* (netns inode << 16 | port) of sockets listening when the agent started, filled by user space */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, OKE_MAX_LISTENERS);
 	__type(key, __u64);
 	__type(value, __u8);
 } listen_ports SEC(".maps");

@@ -17,6 +17,16 @@
 #define OKE_MAX_DEPTH       4       /* nested arrays a layout may open */
 #define OKE_INFLIGHT        8       /* requests remembered per connection whose responses have a layout */
 
+/* Map sizes: the entries each map holds at most (tests/unit/test_capture_constants.py checks the object's maps) */
+#define OKE_RINGBUF_BYTES   (16 << 20)  /* the ring buffer of the digest mode (the loader sizes it per mode) */
+#define OKE_MAX_CONNS       65536   /* TCP connections followed (LRU: the least recently used go first) */
+#define OKE_MAX_FD_VERDICTS 131072  /* fds judged not a socket or not Kafka (LRU) */
+#define OKE_MAX_KAFKA_FDS   65536   /* fds of Kafka connections, for their close() (LRU) */
+#define OKE_MAX_PIDS        4096    /* processes a pid filter names */
+#define OKE_MAX_KAFKA_TGIDS 16384   /* processes with Kafka connections, for their exit events (LRU) */
+#define OKE_MAX_LISTENERS   16384   /* sockets listening when the agent started */
+#define OKE_MAX_PENDING_EVENTS 16384  /* unfinished events kept between syscalls (connection and direction) */
+
 enum oke_event_type {
 	OKE_EV_OPEN  = 1,
 	OKE_EV_DATA  = 2,

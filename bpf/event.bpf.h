@@ -86,7 +86,7 @@ struct oke_pending_event {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, OKE_MAX_PENDING_EVENTS);
 	__uint(map_flags, BPF_F_NO_PREALLOC);  /* memory only for Kafka connections with a frame under way */
 	__type(key, __u64);                    /* conn_id << 1 | direction */
 	__type(value, struct oke_pending_event);

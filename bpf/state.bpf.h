@@ -81,7 +81,7 @@ struct conn {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 16 << 20);
+	__uint(max_entries, OKE_RINGBUF_BYTES);
 } events SEC(".maps");
 
 struct {

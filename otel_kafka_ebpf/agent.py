@@ -14,15 +14,13 @@ from .correlate.batches import Correlator
 from .correlate.lag import StatusRules
 from .discovery import METADATA_ANSWER, OFFSETS_ANSWER
 from .identity import ProcessDirectory
+from .kafka.counters import GAP_BYTES, is_problem
 from .pipeline import Pipeline
 from .sinks.export import Exporter, make_transport
 from .sinks.health import Figure, HealthSink, Period
 from .sinks.metrics import LagMetricsSink
 from .sinks.resources import ResourceCatalog
 from .sinks.spans import SpanBuilder, SpanSink
-
-_DECODER_PROBLEMS = ("malformed", "truncated", "lost_responses", "unmatched", "ambiguous", "pending_overflow",
-                     "bad_sizes")
 
 
 def status_rules(lag) -> StatusRules:
@@ -137,7 +135,7 @@ class Agent:
         d = self.pipeline.decoder.summary()
         builder_stats = self.spans.builder.stats if self.spans else {}
         ex = self.exporter
-        problems = [({"problem": k}, v) for k, v in sorted(d.items()) if k.startswith(_DECODER_PROBLEMS) and v]
+        problems = [({"problem": k}, v) for k, v in sorted(d.items()) if v and is_problem(k)]
         out = [
             Figure("otel_kafka_ebpf.capture.events", "{event}", "events read from the kernel", True,
                    [({}, c.get("events", 0))]),
@@ -149,7 +147,7 @@ class Agent:
                    "runs of the BPF programs the kernel skipped (syscalls never seen; their bytes are gaps)", True,
                    [({}, c.get("missed_runs", 0))]),
             Figure("otel_kafka_ebpf.capture.gap_bytes", "By", "Kafka bytes not captured (reported as gaps)", True,
-                   [({}, d.get("gap_bytes", 0))]),
+                   [({}, d.get(GAP_BYTES, 0))]),
             Figure("otel_kafka_ebpf.capture.kafka_connections", "{connection}", "connections classified Kafka",
                    True, [({}, c.get("conn_kafka", 0))]),
             Figure("otel_kafka_ebpf.decoder.problems", "{frame}", "frames the decoder could not use, by problem",

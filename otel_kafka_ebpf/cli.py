@@ -53,6 +53,8 @@ _seconds = _above_zero("a number of seconds")
 
 
 def _add_capture_arguments(p: argparse.ArgumentParser) -> None:
+    from .capture.loader import DEFAULT_FRAME_BUDGET, DEFAULT_RINGBUF_BYTES
+
     g = p.add_argument_group("capture")
     g.add_argument("--config", help="TOML config file ([capture] table)")
     g.add_argument("--capture-pid", dest="capture_pids", type=int, action="append", metavar="PID",
@@ -70,8 +72,11 @@ def _add_capture_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--record-prefix", type=int, metavar="BYTES",
                    help="digest: also copy this many record bytes after each uncompressed batch header "
                         "(record headers such as traceparent; message contents too) - default 0")
-    g.add_argument("--frame-budget", type=int, help="bytes copied per Kafka frame without a digest (default 1 MiB)")
-    g.add_argument("--ringbuf-mb", type=int, help="ring buffer size in MiB (default 16 digest, 64 full)")
+    g.add_argument("--frame-budget", type=int, help="bytes copied per Kafka frame without a digest "
+                                                    f"(default {DEFAULT_FRAME_BUDGET >> 20} MiB)")
+    g.add_argument("--ringbuf-mb", type=int, help="ring buffer size in MiB (default "
+                                                  f"{DEFAULT_RINGBUF_BYTES['digest'] >> 20} digest, "
+                                                  f"{DEFAULT_RINGBUF_BYTES['full'] >> 20} full)")
     g.add_argument("--duration", type=_seconds, help="stop after this many seconds")
 
 

@@ -18,7 +18,8 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .capture.events import MAX_KAFKA_PORTS
+from .capture.events import MAX_KAFKA_PORTS, MAX_PIDS
+from .capture.loader import DEFAULT_FRAME_BUDGET, DEFAULT_RINGBUF_BYTES, MIN_FRAME_BUDGET
 
 
 class ConfigError(Exception):
@@ -43,8 +44,11 @@ class _Table(BaseModel):
 
 
 class CaptureConfig(_Table):
-    frame_budget: int = Field(1 << 20, ge=64, le=1 << 30, description="bytes copied per Kafka frame")
-    ringbuf_mb: int | None = Field(None, ge=1, le=4096, description="ring buffer size in MiB (16 digest, 64 full)")
+    frame_budget: int = Field(DEFAULT_FRAME_BUDGET, ge=MIN_FRAME_BUDGET, le=1 << 30,
+                              description="bytes copied per Kafka frame")
+    ringbuf_mb: int | None = Field(None, ge=1, le=4096, description="ring buffer size in MiB "
+                                   f"({DEFAULT_RINGBUF_BYTES['digest'] >> 20} digest, "
+                                   f"{DEFAULT_RINGBUF_BYTES['full'] >> 20} full)")
     mode: Literal["digest", "full"] = Field("digest", description="digest: record batch headers only; "
                                                "full: whole frames under frame_budget (the oracle)")
     record_prefix: int = Field(0, ge=0, le=1 << 20, description="digest: record bytes copied after the header "
@@ -75,6 +79,8 @@ class CaptureConfig(_Table):
         bad = [p for p in v if not 0 < p <= PID_MAX]
         if bad:
             raise ValueError(f"not a process id: {bad[0]}")
+        if len(set(v)) > MAX_PIDS:
+            raise ValueError(f"at most {MAX_PIDS} processes")
         return v
 
 

@@ -21,6 +21,7 @@ from .capture.streams import ConnectionClosed, ConnectionOpened, Role, StreamDat
 from .kafka import connection as kc
 from .kafka import fetch, produce, records
 from .kafka.apis import UnsupportedApi, decode_request_body
+from .kafka.counters import REQUEST_FRAMES, RESPONSE_FRAMES, malformed_request_api, unsupported_api
 from .kafka.frames import Frame
 from .kafka.headers import RequestHeader
 from .kafka.primitives import DecodeError
@@ -57,10 +58,10 @@ def _parts(stats: Counter) -> dict:
         try:
             return decode_request_body(api_key, version, memoryview(payload), pos, skips), None
         except UnsupportedApi:
-            stats[f"unsupported_api_{api_key}_v{version}"] += 1
+            stats[unsupported_api(api_key, version)] += 1
             return None, kc.UNSUPPORTED
         except DecodeError:
-            stats[f"malformed_request_api_{api_key}"] += 1
+            stats[malformed_request_api(api_key)] += 1
             return None, kc.MALFORMED
 
     def decode_response(api_key: int, version: int, payload: bytes, skips: tuple):
@@ -148,9 +149,9 @@ class CoreStreamDecoder:
         total = Counter(self.stats)
         requests, responses = self.core.frame_counts()
         if requests:
-            total["request_frames"] += requests
+            total[REQUEST_FRAMES] += requests
         if responses:
-            total["response_frames"] += responses
+            total[RESPONSE_FRAMES] += responses
         for conn in self.connections.values():
             if conn is not _CORE:
                 total.update(conn.splitter_counters())

@@ -5,9 +5,8 @@ time is the events' own (a recording replays with its timestamps), and facts the
 outside the streams (a process's identity, a broker's Metadata the agent asked for) travel as
 `Annotation` events, recorded where they took effect.
 
-Sinks are small objects with any of: `pair(pair, conn)` (every decoded request/response pair),
-`batches(batches, now_ns)` (produced and delivered batches, resolved), `tick(now_ns)` (timers) and
-`close()`.
+A sink is a small object with one or more of the hooks below (`PairSink`, `BatchSink`, `TickSink`, and
+`ClosingSink` for the end of input); `add_sink` hands it what each hook it has takes.
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from typing import TextIO
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol, TextIO, runtime_checkable
 
 from .capture.streams import Annotation, ConnectionClosed, ConnectionOpened, StreamEvent
 from .correlate.batches import Correlator
@@ -27,7 +26,7 @@ from .fastpath import pipeline_decoder
 from .discovery import METADATA_ANSWER as METADATA, OFFSETS_ANSWER as OFFSETS
 from .identity import ProcessDirectory, ProcessIdentity
 from .kafka.apis import decode_response_body
-from .kafka.connection import KafkaStreamDecoder
+from .kafka.connection import KafkaPair
 from .kafka.primitives import DecodeError
 from .kafka.versions import LIST_OFFSETS, METADATA as METADATA_API
 from .sinks.pairs import PairPrinter
@@ -42,8 +41,35 @@ PROBE_NS = 100_000_000  # live: consumers' task states are read this often
 STALE_HW_NS = 1_000_000_000  # a stopped consumer's partitions: ask their leader when nothing newer came
 
 
+@runtime_checkable
+class PairSink(Protocol):
+    def pair(self, pair: KafkaPair, conn: ConnectionOpened | None) -> None:
+        """Every decoded request/response pair, with its connection's open event (None if it was not seen)."""
+
+
+@runtime_checkable
+class BatchSink(Protocol):
+    def batches(self, batches: Sequence, now_ns: int) -> None:
+        """Produced and delivered batches, resolved (correlate.batches: ProducedBatch, DeliveredBatch)."""
+
+
+@runtime_checkable
+class TickSink(Protocol):
+    def tick(self, now_ns: int) -> None:
+        """Timers, in event time, at least every TICK_NS."""
+
+
+@runtime_checkable
+class ClosingSink(Protocol):
+    def close(self) -> None:
+        """The end of input: flush and let go."""
+
+
+Sink = PairSink | BatchSink | TickSink
+
+
 class Pipeline:
-    def __init__(self, *, sinks: Iterable[object] = (), processes: ProcessDirectory | None = None,
+    def __init__(self, *, sinks: Iterable[Sink] = (), processes: ProcessDirectory | None = None,
                  correlator: Correlator | None = None, broker_traffic: bool = False,
                  on_annotation: Callable[[Annotation], None] | None = None, lookup=None,
                  discover_metadata: bool = True, poll_high_watermarks: bool = True) -> None:
@@ -57,10 +83,10 @@ class Pipeline:
         self.last_bad_answer: str | None = None  # the endpoint and the decoder's word on the latest bad answer
         self.discover_metadata = discover_metadata
         self.poll_high_watermarks = poll_high_watermarks
-        self.sinks: list[object] = []
-        self._pair_sinks: list[Callable] = []
-        self._batch_sinks: list[Callable] = []
-        self._tick_sinks: list[Callable] = []
+        self.sinks: list[Sink] = []
+        self._pair_sinks: list[Callable[[KafkaPair, ConnectionOpened | None], None]] = []
+        self._batch_sinks: list[Callable[[Sequence, int], None]] = []
+        self._tick_sinks: list[Callable[[int], None]] = []
         for sink in sinks:
             self.add_sink(sink)
         self.now_ns = 0  # the latest event time seen
@@ -69,12 +95,16 @@ class Pipeline:
         self._task_states: dict[int, str] = {}  # pid -> its state last said (live)
         self.stats: Counter = Counter()
 
-    def add_sink(self, sink: object) -> None:
+    def add_sink(self, sink: Sink) -> None:
+        if not isinstance(sink, (PairSink, BatchSink, TickSink)):
+            raise TypeError(f"{type(sink).__name__} has none of a sink's hooks (pair, batches, tick)")
         self.sinks.append(sink)
-        for method, hooks in (("pair", self._pair_sinks), ("batches", self._batch_sinks),
-                              ("tick", self._tick_sinks)):
-            if hasattr(sink, method):
-                hooks.append(getattr(sink, method))
+        if isinstance(sink, PairSink):
+            self._pair_sinks.append(sink.pair)
+        if isinstance(sink, BatchSink):
+            self._batch_sinks.append(sink.batches)
+        if isinstance(sink, TickSink):
+            self._tick_sinks.append(sink.tick)
 
     # --- input -----------------------------------------------------------------------------------
 
@@ -126,9 +156,8 @@ class Pipeline:
         if rest:
             self._emit_batches(rest, self.now_ns)
         for sink in self.sinks:
-            close = getattr(sink, "close", None)
-            if close is not None:
-                close()
+            if isinstance(sink, ClosingSink):
+                sink.close()
 
     # --- internals -------------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ LAYOUT_OPS = 64
 MAX_LAYOUTS = 64
 MAX_DEPTH = 4
 INFLIGHT = 8  # requests remembered per connection whose responses have a layout
+RINGBUF_BYTES = 16 << 20  # the digest mode's ring buffer
+MAX_PIDS = 4096  # processes a pid filter names
 
 EV_OPEN, EV_DATA, EV_CLOSE, EV_EXIT = 1, 2, 3, 4
 

@@ -116,12 +116,14 @@ _SIGNATURES = {
     "btf__find_by_name_kind": (c_int, [c_void_p, c_char_p, c_uint32], None),
     "btf__type_by_id": (c_void_p, [c_void_p, c_uint32], None),
     "btf__name_by_offset": (c_char_p, [c_void_p, c_uint32], None),
+    "btf__resolve_size": (ctypes.c_int64, [c_void_p, c_uint32], None),
     "bpf_map__name": (c_char_p, [c_void_p], None),
     "bpf_map__fd": (c_int, [c_void_p], _check_int),
     "bpf_map__set_max_entries": (c_int, [c_void_p, c_uint32], _check_int),
     "bpf_map__initial_value": (c_void_p, [c_void_p, POINTER(c_size_t)], None),
     "bpf_map__set_initial_value": (c_int, [c_void_p, c_void_p, c_size_t], _check_int),
     "bpf_map__value_size": (c_uint32, [c_void_p], None),
+    "bpf_map__max_entries": (c_uint32, [c_void_p], None),
     "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p], None),
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, ctypes.c_uint64], None),
     "bpf_map_delete_elem": (c_int, [c_int, c_void_p], None),
@@ -166,8 +168,9 @@ def lib() -> ctypes.CDLL:
 BTF_KIND_STRUCT, BTF_KIND_DATASEC = 4, 15
 
 
-def struct_members(obj: int, name: str) -> dict[str, int]:
-    """{member: byte offset} of a struct as the object's BTF lays it out (the kernel side's truth)."""
+def struct_fields(obj: int, name: str) -> dict[str, tuple[int, int]]:
+    """{member: (byte offset, byte size)} of a struct as the object's BTF lays it out (the kernel side's truth);
+    {} if the object has no such struct."""
     L = _load()
     btf = L.bpf_object__btf(obj)
     sid = L.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT) if btf else -1
@@ -179,9 +182,9 @@ def struct_members(obj: int, name: str) -> dict[str, int]:
     members = ctypes.cast(t + 12, POINTER(c_uint32 * (3 * vlen))).contents
     out = {}
     for i in range(vlen):
-        name_off, _type, offset = members[3 * i], members[3 * i + 1], members[3 * i + 2]
+        name_off, type_id, offset = members[3 * i], members[3 * i + 1], members[3 * i + 2]
         bits = offset & 0xFFFFFF if kflag else offset
-        out[(L.btf__name_by_offset(btf, name_off) or b"").decode()] = bits // 8
+        out[(L.btf__name_by_offset(btf, name_off) or b"").decode()] = (bits // 8, L.btf__resolve_size(btf, type_id))
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 from . import events as ev
 from .layouts import layouts_for
-from .libbpf import (LibbpfError, datasec_variables, lib, map_delete, map_keys, map_lookup, map_update, struct_members,
+from .libbpf import (LibbpfError, datasec_variables, lib, map_delete, map_keys, map_lookup, map_update, struct_fields,
                      verifier_reason)
 from .ringbuf import RingBuffer
 
@@ -24,7 +24,8 @@ OBJ_DIR = os.path.join(os.path.dirname(__file__), "obj")
 
 MODES = ("digest", "full")
 DEFAULT_FRAME_BUDGET = 1 << 20  # 1 MiB: whole ordinary frames (and, with --capture full, Produce and Fetch)
-DEFAULT_RINGBUF_BYTES = {"digest": 16 << 20, "full": 64 << 20}
+MIN_FRAME_BUDGET = 64  # a frame's head, whatever the budget
+DEFAULT_RINGBUF_BYTES = {"digest": ev.RINGBUF_BYTES, "full": 4 * ev.RINGBUF_BYTES}
 DEFAULT_WAKEUP_BYTES = 256 << 10  # the reader is woken once this much waits (else at its poll interval)
 
 DATA_HEADER = struct.Struct("<IIQQQIIBBHHBBQ")
@@ -186,6 +187,37 @@ def parse_data_event(raw: bytes) -> RawData:
 POLL_BATCH = 1024  # events handed over per poll() at most
 
 
+def find_map(obj, suffix: str):
+    """The object's map whose name ends with `suffix` (libbpf names a data section's map after the object)."""
+    L = lib()
+    m = L.bpf_object__next_map(obj, None)
+    while m:
+        if L.bpf_map__name(m).decode().endswith(suffix):
+            return m
+        m = L.bpf_object__next_map(obj, m)
+    raise CaptureError(f"BPF object has no {suffix} map: rebuild with `make bpf`")
+
+
+def write_rodata(obj, values: dict[str, ctypes.Structure]) -> None:
+    """Before load: each `const volatile` variable named in `values` goes where the object's BTF puts it in
+    .rodata, over a copy of the section's own initial bytes, so every other constant there keeps its value."""
+    L = lib()
+    rodata = find_map(obj, ".rodata")
+    size = ctypes.c_size_t()
+    initial = L.bpf_map__initial_value(rodata, ctypes.byref(size))
+    places = datasec_variables(obj, ".rodata")
+    buf = (ctypes.c_char * size.value)()
+    if initial:
+        ctypes.memmove(buf, initial, size.value)
+    for name, value in values.items():
+        at, var_size = places.get(name, (None, 0))
+        if at is None or var_size != ctypes.sizeof(value) or at + var_size > size.value or not initial:
+            raise CaptureError(f"BPF object's settings ({name} in .rodata) are {var_size} bytes, the agent's "
+                               f"{ctypes.sizeof(value)}: rebuild with `make bpf`")
+        ctypes.memmove(ctypes.addressof(buf) + at, ctypes.byref(value), var_size)
+    L.bpf_map__set_initial_value(rodata, buf, size.value)
+
+
 def _ringbuf_size(n: int) -> int:
     """Ring buffers must be a power-of-two multiple of the page size."""
     page = os.sysconf("SC_PAGE_SIZE")
@@ -212,7 +244,7 @@ class CaptureProgram:
         self.verifier_stats: dict[str, VerifierStats] = {}
         self.load_seconds = 0.0
         self._logs: dict[str, ctypes.Array] = {}
-        self._conn_fields: tuple[int, int, int] | None = None  # struct conn: conn_id, tgid offsets; size
+        self._conn_fields: tuple[tuple[int, int], tuple[int, int], int] | None = None  # struct conn, see _conns_of
         self.program = WALKER  # the syscall exit program loaded
         self._prog_fds: list[int] = []  # the programs attached, for the kernel's count of their skipped runs
         self.refusal: ProgramRefused | None = None  # why the walker is not loaded, when it is not
@@ -235,6 +267,7 @@ class CaptureProgram:
             self.refusal = exc
             self._load(path, HEADS)
         self._open_maps()
+        self._read_conn_layout()
         for pid in self.settings.pids:
             self.add_pid(pid)
         self._load_listeners()
@@ -288,7 +321,9 @@ class CaptureProgram:
         L = lib()
         s = self.settings
         cfg = ev.Config()
-        cfg.frame_budget = max(64, int(s.frame_budget))
+        cfg.frame_budget = max(MIN_FRAME_BUDGET, int(s.frame_budget))
+        if len(s.pids) > ev.MAX_PIDS:
+            raise CaptureError(f"at most {ev.MAX_PIDS} processes can be named")
         cfg.filter_pids = 1 if s.pids else 0
         if s.cgroup_path:
             cfg.cgroup_id, cfg.cgroup_level = _cgroup_id_and_level(s.cgroup_path)
@@ -307,19 +342,7 @@ class CaptureProgram:
         wakeup = min(DEFAULT_WAKEUP_BYTES, ring // 4) if s.wakeup_bytes is None else int(s.wakeup_bytes)
         cfg.wakeup_bytes = min(max(0, wakeup), ring)  # a whole ring: never woken, read at each poll
         cfg.refuse_walker = 1 if s.simulate_refusal else 0
-        # cfg goes where the object's BTF puts it, over a copy of .rodata's own initial bytes (the
-        # other constants there, zero_conn..., keep their values)
-        rodata = self._find_map(".rodata")
-        size = ctypes.c_size_t()
-        initial = L.bpf_map__initial_value(rodata, ctypes.byref(size))
-        at, cfg_size = datasec_variables(self._obj, ".rodata").get("cfg", (None, 0))
-        if at is None or cfg_size != ctypes.sizeof(cfg) or at + cfg_size > size.value or not initial:
-            raise CaptureError(f"BPF object's settings (cfg in .rodata) are {cfg_size} bytes, the agent's "
-                               f"{ctypes.sizeof(cfg)}: rebuild with `make bpf`")
-        buf = (ctypes.c_char * size.value)()
-        ctypes.memmove(buf, initial, size.value)
-        ctypes.memmove(ctypes.addressof(buf) + at, ctypes.byref(cfg), cfg_size)
-        L.bpf_map__set_initial_value(rodata, buf, size.value)
+        write_rodata(self._obj, {"cfg": cfg})  # the other constants there (zero_conn...) keep their values
         events = L.bpf_object__find_map_by_name(self._obj, b"events")
         L.bpf_map__set_max_entries(events, _ringbuf_size(self.ringbuf_bytes))
         scratch = L.bpf_object__find_map_by_name(self._obj, b"scratch")
@@ -344,15 +367,6 @@ class CaptureProgram:
                 value.op[i], value.arg[i] = op, arg
             map_update(fd_layouts, ctypes.c_uint32(layout_id), value)
             map_update(fd_of, ctypes.c_uint32(ev.layout_key(*key)), ctypes.c_uint8(layout_id))
-
-    def _find_map(self, suffix: str):
-        L = lib()
-        m = L.bpf_object__next_map(self._obj, None)
-        while m:
-            if L.bpf_map__name(m).decode().endswith(suffix):
-                return m
-            m = L.bpf_object__next_map(self._obj, m)
-        raise CaptureError(f"BPF object has no {suffix} map: rebuild with `make bpf`")
 
     def _programs(self):
         L = lib()
@@ -490,20 +504,27 @@ class CaptureProgram:
         for netns, port in listening_ports():
             map_update(fd, ctypes.c_uint64(netns << 16 | port), ctypes.c_uint8(1))
 
-    def _conns_of(self, pid: int) -> list[tuple[ctypes.c_uint64, int]]:
-        """(conns map key, conn_id) of the process's connections; struct conn's layout from the object's BTF."""
+    def _read_conn_layout(self) -> None:
+        """Where struct conn holds conn_id and tgid (offset, size), and its size: the object's BTF says, read at
+        start so that an object without them fails here and not at a process's exit."""
         L = lib()
-        if self._conn_fields is None:
-            fields = struct_members(self._obj, "conn")
-            conns_map = L.bpf_object__find_map_by_name(self._obj, b"conns")
-            self._conn_fields = (fields["conn_id"], fields["tgid"], L.bpf_map__value_size(conns_map))
-        id_at, tgid_at, size = self._conn_fields
+        fields = struct_fields(self._obj, "conn")
+        if "conn_id" not in fields or "tgid" not in fields:
+            self.close()
+            raise CaptureError("BPF object's struct conn has no conn_id or tgid: rebuild with `make bpf`")
+        conns_map = L.bpf_object__find_map_by_name(self._obj, b"conns")
+        self._conn_fields = (fields["conn_id"], fields["tgid"], L.bpf_map__value_size(conns_map))
+
+    def _conns_of(self, pid: int) -> list[tuple[ctypes.c_uint64, int]]:
+        """(conns map key, conn_id) of the process's connections."""
+        (id_at, id_size), (tgid_at, tgid_size), size = self._conn_fields
         out = []
         conns = self._maps["conns"]
         value = (ctypes.c_uint8 * size)()
         for key in list(map_keys(conns, ctypes.c_uint64)):
-            if map_lookup(conns, key, value) and int.from_bytes(bytes(value[tgid_at:tgid_at + 4]), "little") == pid:
-                out.append((key, int.from_bytes(bytes(value[id_at:id_at + 8]), "little")))
+            if map_lookup(conns, key, value) and \
+                    int.from_bytes(bytes(value[tgid_at:tgid_at + tgid_size]), "little") == pid:
+                out.append((key, int.from_bytes(bytes(value[id_at:id_at + id_size]), "little")))
         return out
 
     def forget_process(self, pid: int) -> int:

@@ -21,6 +21,10 @@ from ..capture.streams import (
 )
 from . import fetch
 from .apis import UnsupportedApi, decode_request_body, decode_response_body
+from .counters import (AMBIGUOUS_RESPONSES, GAP_BYTES, HEADS_ONLY_REQUESTS, HEADS_ONLY_RESPONSES, LOST_RESPONSES,
+                       MALFORMED_REQUEST_HEADERS, MALFORMED_RESPONSE_HEADERS, PENDING_OVERFLOW, SASL_TOKENS,
+                       SKIPPED_ON_PURPOSE_BYTES, SPLITTER, TRUNCATED_REQUESTS, TRUNCATED_RESPONSES,
+                       UNMATCHED_RESPONSES, malformed_request_api, malformed_response_api, unsupported_api)
 from .frames import ACCEPT, MAX_FRAME, NEED_DATA, NEED_MORE, REJECT, Frame, FrameSplitter
 from .headers import RequestHeader, read_request_header, read_response_correlation_id, response_body_position
 from .primitives import DecodeError
@@ -273,7 +277,7 @@ class KafkaConnection:
         gap_bytes = splitter.gap_bytes
         splitter.feed_data(offset, data, ts_ns, frame_start, last_ts_ns, skips)
         if skips:
-            self.stats["skipped_on_purpose_bytes"] += skips[0][1] if len(skips) == 1 else sum(n for _, n in skips)
+            self.stats[SKIPPED_ON_PURPOSE_BYTES] += skips[0][1] if len(skips) == 1 else sum(n for _, n in skips)
         if splitter.gap_bytes != gap_bytes:  # the offset jumped: a gap no event announced
             self._after_gap(is_request)
         self._pull(splitter, is_request)
@@ -285,12 +289,12 @@ class KafkaConnection:
             self.heads_only = True
         if reason in DECLARED_SKIPS:  # left in the kernel on purpose: a hole in the frame, no loss
             if splitter.feed_skip(offset, length, ts_ns):
-                self.stats["skipped_on_purpose_bytes"] += length
+                self.stats[SKIPPED_ON_PURPOSE_BYTES] += length
                 self._pull(splitter, is_request)
                 return
         else:
             splitter.feed_gap(offset, length, ts_ns)
-        self.stats["gap_bytes"] += length
+        self.stats[GAP_BYTES] += length
         self._after_gap(is_request)
         self._pull(splitter, is_request)
 
@@ -313,7 +317,7 @@ class KafkaConnection:
         self.pending_ids.clear()
         self.ambiguous_ids.clear()
         if self._early:
-            self.stats["unmatched_responses"] += len(self._early)
+            self.stats[UNMATCHED_RESPONSES] += len(self._early)
             self._early.clear()
         self.stats.update(self.splitter_counters())
         self.requests = FrameSplitter(_RequestValidator(self))  # counters are now in stats
@@ -321,12 +325,14 @@ class KafkaConnection:
 
     def splitter_counters(self) -> Counter:
         counters = Counter()
-        for prefix, splitter in (("request", self.requests), ("response", self.responses)):
-            for name in ("frames", "lost_frames", "skipped_bytes", "resyncs", "bad_sizes", "overlaps",
-                         "dropped_candidates"):
-                value = getattr(splitter, name)
-                if value:
-                    counters[f"{prefix}_{name}"] += value
+        requests, responses = self.requests, self.responses
+        for count, request_name, response_name in SPLITTER:
+            value = getattr(requests, count)
+            if value:
+                counters[request_name] += value
+            value = getattr(responses, count)
+            if value:
+                counters[response_name] += value
         return counters
 
     def next_event(self):
@@ -353,29 +359,29 @@ class KafkaConnection:
         stats = self.stats
         payload = frame.payload
         if not payload and frame.skips:  # a raw SASL token (after SaslHandshake v0), never copied
-            stats["sasl_tokens"] += 1
+            stats[SASL_TOKENS] += 1
             return
         try:
             header, pos = read_request_header(payload)
         except DecodeError:
             header = None
         if header is None or header.api_key not in API_TABLE or not 0 <= header.api_version <= MAX_API_VERSION:
-            stats["malformed_request_headers"] += 1
+            stats[MALFORMED_REQUEST_HEADERS] += 1
             self.requests.lose_sync()  # not a request: the frame boundary was wrong
             return
         self._learn(header, payload)
         request = error = None
         if self.heads_only and frame.skips:  # the body stayed in the kernel
-            stats["heads_only_requests"] += 1
+            stats[HEADS_ONLY_REQUESTS] += 1
             self._add_pending(header, None, frame.first_ts_ns, frame.last_ts_ns, HEADS_ONLY)
             return
         try:
             request = decode_request_body(header.api_key, header.api_version, payload, pos, frame.skips)
         except UnsupportedApi:
-            stats[f"unsupported_api_{header.api_key}_v{header.api_version}"] += 1
+            stats[unsupported_api(header.api_key, header.api_version)] += 1
             error = UNSUPPORTED
         except DecodeError:
-            stats[f"malformed_request_api_{header.api_key}"] += 1
+            stats[malformed_request_api(header.api_key)] += 1
             error = MALFORMED
         api_key = header.api_key
         if api_key == PRODUCE and request is not None and request.acks == 0:
@@ -388,7 +394,7 @@ class KafkaConnection:
         self._add_pending(header, request, frame.first_ts_ns, frame.last_ts_ns, error, fetch_offsets)
 
     def _on_request_lost(self, lost) -> None:
-        self.stats["truncated_requests"] += 1
+        self.stats[TRUNCATED_REQUESTS] += 1
         try:
             header, _ = read_request_header(lost.head)
         except DecodeError:
@@ -421,7 +427,7 @@ class KafkaConnection:
         pending.append(_Pending(header, request, ts_ns, end_ts_ns, error, fetch_offsets, self.request_gaps))
         ids[corr] = waiting + 1
         if len(pending) > MAX_PENDING:
-            self.stats["pending_overflow"] += 1
+            self.stats[PENDING_OVERFLOW] += 1
             self._emit_unanswered(self._pop_oldest(), LOST)
         if self._early:
             for i, (early_corr, frame) in enumerate(self._early):
@@ -452,17 +458,17 @@ class KafkaConnection:
     def _match(self, correlation_id: int) -> _Pending | None:
         """The oldest pending request with this id; earlier ones lost their responses (Kafka answers in order)."""
         if correlation_id not in self.pending_ids:
-            self.stats["unmatched_responses"] += 1
+            self.stats[UNMATCHED_RESPONSES] += 1
             return None
         ambiguous = correlation_id in self.ambiguous_ids
         while True:
             entry = self._pop_oldest()
             if entry.header.correlation_id == correlation_id:
                 break
-            self.stats["lost_responses"] += 1
+            self.stats[LOST_RESPONSES] += 1
             self._emit_unanswered(entry, LOST)
         if ambiguous:  # this response may answer a later request with the same id: pair none of them
-            self.stats["ambiguous_responses"] += 1
+            self.stats[AMBIGUOUS_RESPONSES] += 1
             self._emit_unanswered(entry, LOST)
             return None
         return entry
@@ -471,10 +477,10 @@ class KafkaConnection:
         stats = self.stats
         payload = frame.payload
         if not payload and frame.skips:  # a raw SASL token (after SaslHandshake v0), never copied
-            stats["sasl_tokens"] += 1
+            stats[SASL_TOKENS] += 1
             return
         if len(payload) < 4:
-            stats["malformed_response_headers"] += 1
+            stats[MALFORMED_RESPONSE_HEADERS] += 1
             return
         corr = read_response_correlation_id(payload)
         if corr not in self.pending_ids:
@@ -482,7 +488,7 @@ class KafkaConnection:
             early.append((corr, frame))
             if len(early) > MAX_EARLY:
                 early.popleft()
-                stats["unmatched_responses"] += 1
+                stats[UNMATCHED_RESPONSES] += 1
             return
         entry = self._match(corr)
         if entry is None:  # ambiguous: see _match
@@ -490,7 +496,7 @@ class KafkaConnection:
         h = entry.header
         response = error = None
         if self.heads_only and frame.skips:  # the body stayed in the kernel
-            stats["heads_only_responses"] += 1
+            stats[HEADS_ONLY_RESPONSES] += 1
             error = HEADS_ONLY
         else:
             response, error = self._decode_response(h, payload, frame.skips)
@@ -511,12 +517,12 @@ class KafkaConnection:
         except UnsupportedApi:
             error = UNSUPPORTED
         except DecodeError:
-            self.stats[f"malformed_response_api_{h.api_key}"] += 1
+            self.stats[malformed_response_api(h.api_key)] += 1
             error = MALFORMED
         return response, error
 
     def _on_response_lost(self, lost) -> None:
-        self.stats["truncated_responses"] += 1
+        self.stats[TRUNCATED_RESPONSES] += 1
         if len(lost.head) < 4:
             return
         entry = self._match(struct.unpack_from(">i", lost.head)[0])

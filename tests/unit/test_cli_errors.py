@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from otel_kafka_ebpf.capture.events import MAX_PIDS
+
 # The live commands get as far as their settings and stop there: none of these may load BPF.
 NO_OTEL = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "OKE_"))}
 
@@ -78,6 +80,7 @@ def test_a_command_line_not_understood_is_one_line_and_exit_2(args, expect):
                                         "integer"),
     ({"OKE_CAPTURE_FRAME_BUDGET": "nan"}, "capture.frame_budget (set by OKE_CAPTURE_FRAME_BUDGET)"),
     ({"OKE_CAPTURE_PIDS": "1,x"}, "capture.pids.1 (set by OKE_CAPTURE_PIDS)"),
+    ({"OKE_CAPTURE_PIDS": ",".join(map(str, range(1, MAX_PIDS + 2)))}, f"at most {MAX_PIDS} processes"),
     ({"OKE_CAPTURE_KAFKA_PORTS": "9092 -1"}, "not a TCP port: -1"),
     ({"OKE_CAPTURE_PORTS_ONLY": "maybe"}, "capture.ports_only (set by OKE_CAPTURE_PORTS_ONLY)"),
     ({"OKE_EXPORTER_TYPE": "zipkin"}, "exporter.type (set by OKE_EXPORTER_TYPE): 'zipkin' is not one of"),
