@@ -20,7 +20,9 @@ reporters watch the same run:
           WARN, ERR, STALL or STOP. It has no lag in seconds. On Kafka 4.x it sees no group at all,
           and the benchmark prints what it says instead (tests/testbed/burrow.py).
 
-Detection: the time from the SIGSTOP to a reporter's first "lagging" report before the SIGCONT.
+Detection: the time from the SIGSTOP to a reporter's first "lagging" report before the SIGCONT; and for the
+agent, whose status records carry the lag's cause (issue 17), the time to its first record that names the
+right one (`stopped`: nothing else explains a frozen consumer). The others name no cause.
 Lag-seconds error: every lag-in-seconds value a reporter gave for a time while the consumer was
 stopped, minus the truth at that time, from the workloads' ground truth: that time minus the send
 time (send_ns) of the partition's first unconsumed offset (one past the last offset the consumer had
@@ -66,6 +68,7 @@ TARGET_ERROR_S = 1.0          # issue 8: lag in seconds within 1 s of truth
 AGENT_INTERFACE = {
     "status_event": "otel_kafka_ebpf.consumer.status",          # LogRecord.event_name
     "status_attribute": "otel_kafka_ebpf.consumer.status",      # OK | WARN | STALL | STOP
+    "cause_attribute": "otel_kafka_ebpf.lag.cause",             # why it lags (README: "Cause")
     "lag_messages_gauge": "messaging.kafka.consumer.lag",
     "lag_seconds_gauge": "otel_kafka_ebpf.consumer.lag.seconds",
     "attributes": ["messaging.consumer.group.name", "messaging.destination.name",
@@ -73,6 +76,7 @@ AGENT_INTERFACE = {
 }
 GROUP, TOPIC, PARTITION, CLIENT = AGENT_INTERFACE["attributes"]
 AGENT_LAGGING = {"WARN", "STALL", "STOP"}
+RIGHT_CAUSE = "stopped"  # the cause of a SIGSTOP
 BURROW_LAGGING = {"WARN", "ERR", "STALL", "STOP"}
 
 
@@ -81,6 +85,7 @@ class Report:
     seen: float      # wall clock (s) at which the report could be seen
     lagging: bool    # says the consumer is stopped, stalled or lagging
     what: str
+    cause: str | None = None  # why, where the reporter says
 
 
 @dataclass
@@ -108,6 +113,11 @@ class Reporter:
     def first_lagging(self, start: float, end: float) -> Report | None:
         with self._lock:
             return next((r for r in self.reports if start <= r.seen < end and r.lagging), None)
+
+    def first_cause(self, start: float, end: float, cause: str) -> Report | None:
+        with self._lock:
+            return next((r for r in self.reports if start <= r.seen < end and r.lagging and r.cause == cause),
+                        None)
 
     def stop(self) -> None:
         pass
@@ -241,9 +251,10 @@ class AgentReporter(Reporter):
                     continue
                 self.status_records += 1
                 status = str(rec.attributes.get(AGENT_INTERFACE["status_attribute"]))
+                cause = rec.attributes.get(AGENT_INTERFACE["cause_attribute"])
                 self._report(Report(seen, status in AGENT_LAGGING,
-                                    f"{status} partition {rec.attributes.get(PARTITION)} "
-                                    f"client {rec.attributes.get(CLIENT)}"))
+                                    status + (f" ({cause})" if cause else "") + f" partition "
+                                    f"{rec.attributes.get(PARTITION)} client {rec.attributes.get(CLIENT)}", cause))
         elif signal_ == "metrics":
             for point in number_points_of([request]):
                 if point.name == AGENT_INTERFACE["lag_seconds_gauge"] and self._mine(point.attributes):
@@ -335,10 +346,14 @@ def sleep_until(t: float) -> None:
 
 
 def summarize(reporter: Reporter, windows: list[tuple[float, float]], truth: Truth) -> dict:
-    detections = []
+    detections, causes = [], []
     for stop, resume in windows:
         r = reporter.first_lagging(stop, resume)
         detections.append(None if r is None else {"after_s": round(r.seen - stop, 3), "what": r.what})
+        c = reporter.first_cause(stop, resume, RIGHT_CAUSE)
+        causes.append(None if c is None else {"after_s": round(c.seen - stop, 3), "what": c.what})
+    named = [c["after_s"] for c in causes if c is not None]
+    names_causes = any(r.cause is not None for r in reporter.reports)
     errors = []
     for s in reporter.samples:
         if any(stop <= s.time <= resume for stop, resume in windows):
@@ -351,6 +366,9 @@ def summarize(reporter: Reporter, windows: list[tuple[float, float]], truth: Tru
         "detections": detections,
         "detection_median_s": statistics.median(found) if found else None,
         "missed": sum(d is None for d in detections),
+        "right_cause": RIGHT_CAUSE if names_causes else None,
+        "cause_detections": causes if names_causes else None,
+        "cause_median_s": statistics.median(named) if named else None,
         "lag_seconds_error": {
             "samples": len(errors),
             "median_abs_s": statistics.median(abs_err) if abs_err else None,
@@ -445,6 +463,7 @@ def report(result: dict) -> None:
           f"{cfg['client']} producer at {cfg['rate_per_s']}/s, 3 partitions x RF 3 on 3 brokers (Kafka "
           f"{result['kafka']}, cluster up in {cfg['cluster_up_s']} s)")
     print(f"  {'reporter':<8} {'detection median':>17} {'per stop (s)':<28} {'missed':>6}  "
+          f"{'to ' + RIGHT_CAUSE + ' median':>19}  "
           f"{'lag-s error: |median|':>21} {'p90':>8} {'bias':>8} {'n':>5}")
     rows = result["reporters"]
     for name, r in rows.items():
@@ -453,7 +472,10 @@ def report(result: dict) -> None:
             continue
         per_stop = ", ".join("-" if d is None else f"{d['after_s']:.1f}" for d in r["detections"])
         e = r["lag_seconds_error"]
+        to_cause = "no cause" if not r.get("right_cause") else (
+            fmt(r["cause_median_s"]) + f" ({sum(c is None for c in r['cause_detections'])} missed)")
         print(f"  {name:<8} {fmt(r['detection_median_s']):>17} {'[' + per_stop + ']':<28} {r['missed']:>6}  "
+              f"{to_cause:>19}  "
               f"{fmt(e['median_abs_s'], 3):>21} {fmt(e['p90_abs_s'], 3):>8} {fmt(e['mean_s'], 3):>8} "
               f"{e['samples']:>5}")
     agent, poller = rows["agent"], rows["poller"]

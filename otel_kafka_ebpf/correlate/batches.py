@@ -487,6 +487,9 @@ class Correlator:
         seen = set()
         throttle = response.throttle_time_ms
         limits = {(q.topic_id or q.topic, q.partition): q.partition_max_bytes for q in request.partitions}
+        # a response as full as the request's whole bound (fetch.max.bytes) bounds each partition it left records in
+        total = sum(p.records_size for p in response.partitions if p.records_size > 0)
+        response_fill = total / request.max_bytes if request.max_bytes > 0 else 0.0
         for p in response.partitions:
             key = self.partition_key(endpoint, p.topic, p.topic_id, p.partition)
             if key is None:
@@ -504,10 +507,12 @@ class Correlator:
                 delivered = sum(_delivered_count(b, fetch_offset) for b in p.batches
                                 if not b.is_control and not b.partial)
                 limit = limits.get(topic_key, 0)
+                fill = p.records_size / limit if limit > 0 and p.records_size >= 0 else None
+                if response_fill and p.high_watermark > fetch_offset + delivered:  # records left behind
+                    fill = max(fill or 0.0, response_fill)
                 lag.fetched(instance, group, pair.conn_id, key, fetch_offset, p.high_watermark, pair.request_ts_ns,
                             pair.response_ts_ns, request.max_wait_ms, not p.batches, leader=endpoint,
-                            delivered=delivered, throttle_ms=throttle,
-                            fill=p.records_size / limit if limit > 0 and p.records_size >= 0 else None)
+                            delivered=delivered, throttle_ms=throttle, fill=fill)
             elif p.error_code:
                 lag.fetch_failed(instance, key, p.error_code, pair.response_ts_ns)
         for topic_key, fetch_offset in (pair.fetch_offsets or {}).items():

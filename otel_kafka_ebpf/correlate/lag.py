@@ -65,7 +65,10 @@ ESTABLISHED = 3  # fetches seen before an instance's own pace sets how late its 
 NEW_NS = 5_000_000_000  # and for this long after it is first seen,
 NEW_GRACE_NS = 2_500_000_000  # its next fetch may be this late
 PACE_SAMPLES = 6  # its time per record: the slowest of its last this many fetch cycles
-TREND_SAMPLES = 256  # (time, lag, high watermark, position, request time) at each fetch, bounded
+TREND_SAMPLES = 256  # (time, lag, high watermark, position, request time, handed, behind) at each fetch, bounded
+LEFT_BEHIND = 10  # records a fetch left waiting beyond those it handed: the consumer works at its own pace
+BREACH_PROBES = 32  # offsets ahead of a position looked up to tell when its lag in seconds reaches the objective
+BREACH_STEPS = 12  # and bisection steps between the two probes around it
 HW_SAMPLES = 1024  # a partition's high watermark over time (its produce rate): one sample per HW_STEP_NS at most
 HW_STEP_NS = 100_000_000
 
@@ -151,7 +154,8 @@ class Position:
     had_records: bool = False  # its latest fetch of the partition returned records
     refetches: int = 0  # fetches from the same position after one that returned records: not consuming
     gaps: deque = field(default_factory=lambda: deque(maxlen=16))  # recent times from a response to the next fetch
-    history: deque = field(default_factory=lambda: deque(maxlen=TREND_SAMPLES))  # (ns, lag, hw, position) per fetch
+    # per fetch: (response ns, lag, hw, position, request ns of its last move, records handed, behind)
+    history: deque = field(default_factory=lambda: deque(maxlen=TREND_SAMPLES))
     share: bool = False
     handed: deque = field(default_factory=lambda: deque(maxlen=2))  # records its last two fetches handed it
     per_record: deque = field(default_factory=lambda: deque(maxlen=PACE_SAMPLES))  # ns per record in hand, by cycle
@@ -299,13 +303,13 @@ class LagTracker:
                 if in_hand > 0:  # its pace: the time it took for the records in its hands
                     p.per_record.append(gap / in_hand)
                     if p.status == OK and p.cause == NONE and self._caught_up(p, request_ns):
-                        p.base_per_record = _ewma(p.base_per_record, max(p.per_record))  # as `cause` reads it
+                        p.base_per_record = _ewma(p.base_per_record, _median(p.per_record))  # as `cause` reads it
             if fetch_offset != p.position:
                 p.position = fetch_offset
                 p.moved_ns = request_ns
                 p.refetches = 0
-            elif p.had_records:
-                p.refetches += 1
+            elif p.had_records and not p.gone_ns and p.rebalance_ns < p.fetched_ns:
+                p.refetches += 1  # (after a rebalance a client fetches from its commit again: not a stall)
             if p.gone_ns:  # back: it fetches the partition again
                 p.gone_ns = 0
                 p.moved_away = False
@@ -330,8 +334,11 @@ class LagTracker:
             p.throttle_ns, p.throttle_ms = response_ns, throttle_ms
         self._settle(p, request_ns)
         st = self.partitions.get(key)
-        p.history.append((response_ns, self._lag(p), st.high_watermark if st is not None else -1, p.position,
-                          p.moved_ns))
+        lag = self._lag(p)
+        # behind: it works at its own pace, records wait for it (it is not caught up, or its fetch left some)
+        behind = lag - delivered > LEFT_BEHIND or not self._caught_up(p, response_ns)
+        p.history.append((response_ns, lag, st.high_watermark if st is not None else -1, p.position,
+                          p.moved_ns, delivered, behind))
 
     def _caught_up(self, p: Position, ts_ns: int) -> bool:
         """Its lag in seconds is within `caught_up` (what its pace was "before the lag grew")."""
@@ -530,7 +537,8 @@ class LagTracker:
         """How long after a response its next fetch may come: `pace_margin` x the records in its hands (its last
         two fetches: a client fetches the next batch while it handles one) x its time per record now (the slowest
         of its last cycles, not a figure learnt while it was fast), at least `grace`; for an instance too new to
-        know its pace (a JVM warming up on its first backlog), at least `NEW_GRACE_NS`."""
+        know its pace (a JVM warming up on its first backlog), at least `NEW_GRACE_NS`; and after a response that
+        said throttle_time_ms, that much more (the client waits it out, as the broker asks)."""
         r = self.rules
         late = r.grace_ns
         in_hand = sum(p.handed)
@@ -538,6 +546,8 @@ class LagTracker:
             late = max(late, int(r.pace_margin * max(p.per_record) * in_hand))
         if len(p.gaps) < ESTABLISHED or now_ns - p.first_ns < NEW_NS:
             late = max(late, NEW_GRACE_NS)
+        if p.throttle_ns and p.throttle_ns >= p.fetched_ns:  # its latest response told it to wait (a quota)
+            late += p.throttle_ms * 1_000_000
         return late
 
     _expected_interval = due_ns
@@ -587,15 +597,22 @@ class LagTracker:
             return None
         return slope, max(self.rules.window_ns, samples[-1][0] - samples[0][0])
 
+    def _turned(self, p: Position, now_ns: int) -> bool:
+        """Its lag at its latest fetch is `warn_rise` below its peak over the window: it works off its backlog,
+        though the fit over the window may still rise (WARN holds until it has not risen for a window)."""
+        samples = self._window(p, now_ns)
+        return bool(samples) and samples[-1][1] <= max(s[1] for s in samples) - self.rules.warn_rise
+
     def heading(self, p: Position, m: Measure, now_ns: int) -> Heading:
         """Where its lag is heading. Its consume rate: the records its position passed over its last fetches in
         the window, by their request times; the produce rate: the partition's high watermark over the window.
-        Catching up, the time is the work ahead (its lag, and what its last fetch handed it that its pace has not
-        done yet) over what it handles at its pace (with a backlog) less the produce rate; falling behind,
-        the time until its lag in seconds, growing by the part of each second's production it does not
-        consume, reaches the objective."""
+        What it handles with work waiting (`capacity`) and the work ahead of it (its lag and what its last fetch
+        handed it that it has not done yet) give the time to catch up at the produce rate; the offset index
+        (when each waiting record was produced) and the produce rate beyond it give when its lag in seconds
+        reaches the objective, if that comes first: the lag in seconds can still grow while the lag in messages
+        shrinks (it reads what a burst wrote, faster than the burst came in)."""
         samples = self._window(p, now_ns)
-        consume = produce = trend = catch_up = breach = None
+        consume = trend = catch_up = breach = None
         if len(samples) >= 2 and samples[-1][4] > samples[0][4]:
             consume = (samples[-1][3] - samples[0][3]) * 1e9 / (samples[-1][4] - samples[0][4])
         produce = self.produce_rate(p.partition)
@@ -603,20 +620,103 @@ class LagTracker:
         if t is not None:
             trend = t[0]
         if m.lag == 0:
-            catch_up = 0.0
-        elif consume is not None and produce is not None:
-            # with a backlog it works at its pace: the slowest time per record of its last cycles
-            pace = max(p.per_record) if p.per_record else 0.0
-            capacity = 1e9 / pace if pace > 0 and not self._caught_up(p, now_ns) else consume
-            if capacity > produce and (trend is None or trend * self.rules.window_ns / 1e9 < self.rules.warn_rise):
-                moved = samples[-1][3] - samples[-2][3] if len(samples) >= 2 else 0
-                in_hand = max(0.0, moved - capacity * (now_ns - p.moved_ns) / 1e9)
-                catch_up = (m.lag + in_hand) / (capacity - produce)
-            elif produce > consume and produce > 0 and m.lag_seconds is not None:
-                objective = self.rules.objective_ns / 1e9
-                breach = 0.0 if m.lag_seconds >= objective else (
-                    (objective - m.lag_seconds) / ((produce - consume) / produce))
+            return Heading(consume, produce, trend, 0.0, None)
+        capacity = self.capacity(p, now_ns)
+        if capacity is None or capacity <= 0 or produce is None:
+            return Heading(consume, produce, trend, None, None)
+        # what its last fetch handed it that it has not done yet; below 0 once it has done more: it works on
+        # records of a fetch that has not completed yet (whose offset the agent learns with its response)
+        hist = p.history
+        moved = hist[-1][3] - hist[-2][3] if len(hist) >= 2 else 0
+        in_hand = moved - capacity * (now_ns - p.moved_ns) / 1e9
+        if capacity > produce:
+            catch_up = max(0.0, m.lag + in_hand) / (capacity - produce)
+        if m.lag_seconds is not None and m.lag_seconds * 1e9 > self.rules.caught_up_ns:  # caught up: nowhere
+            breach = self._breach(p, m, now_ns, capacity, produce, in_hand)
+            if breach is not None and catch_up is not None and breach > catch_up:
+                breach = None  # it catches up first
         return Heading(consume, produce, trend, catch_up, breach)
+
+    def capacity(self, p: Position, now_ns: int) -> float | None:
+        """Records/s it handles: the records it has done (its position less what its previous fetch handed it: a
+        client works on one batch while it fetches the next) by its request times, over the recent part of its
+        latest run of fetches while it was behind (not caught up: it works at its own pace), at least three
+        fetches; without such a run, over its fetches in the window (a lower bound: it may have waited for
+        records). None before three fetches."""
+        hist = p.history
+        n = len(hist)
+        if n < 3:
+            return None
+        start = now_ns - self.rules.window_ns
+        recent = n - 1
+        while recent > 1 and hist[recent - 1][0] >= start:
+            recent -= 1
+        run = n - 1
+        while run > 1 and hist[run - 1][6]:
+            run -= 1
+        if hist[-1][6] and run <= n - 3:
+            first = max(run, min(recent, n - 3))
+        else:
+            first = min(recent, n - 3, max(1, n - self.rules.min_samples))
+        last = hist[-1]
+        if last[4] <= hist[first][4]:
+            return None
+        done = (last[3] - hist[-2][5]) - (hist[first][3] - hist[first - 1][5])
+        return max(0.0, done * 1e9 / (last[4] - hist[first][4]))
+
+    def _breach(self, p: Position, m: Measure, now_ns: int, capacity: float, produce: float,
+                in_hand: float) -> float | None:
+        """Seconds until its lag in seconds reaches the objective (0: beyond it; None: not while it goes on as
+        now). Its position stays until it has done what it has in hand, then moves on at `capacity`; the oldest
+        record it has not consumed is then at offset o after (o - position + in_hand) / capacity seconds, and
+        was produced when the offset index says (up to the high watermark), or at `produce` after it."""
+        objective = self.rules.objective_ns / 1e9
+        if m.lag_seconds >= objective:
+            return 0.0
+        base = p.position - in_hand  # where it is had it moved on continuously
+        hw = m.high_watermark
+        st = self.partitions.get(p.partition)
+        hw_ns = st.hw_ns if st is not None else now_ns
+        index = self.index
+
+        def gap(o: int) -> float:
+            """Its lag in seconds when its position moves past offset o, less the objective."""
+            produced = index.lookup(p.partition, o)
+            t = produced.time_ns if produced is not None else now_ns
+            return (now_ns - t) / 1e9 + (o + 1 - base) / capacity - objective
+
+        lo, hi = max(p.position, min(hw - 1, int(base))), None  # what lies before `base` it is past
+        if gap(lo) >= 0:
+            hi = lo
+        else:
+            step = max(1, (hw - lo) // BREACH_PROBES)
+            for o in range(lo + step, hw, step):
+                if gap(o) >= 0:
+                    hi = o
+                    break
+                lo = o
+            if hi is None and gap(hw - 1) >= 0:
+                hi = hw - 1
+        if hi is not None:
+            for _ in range(BREACH_STEPS):
+                if hi - lo <= 1:
+                    break
+                mid = (lo + hi) // 2
+                if gap(mid) >= 0:
+                    hi = mid
+                else:
+                    lo = mid
+            produced = index.lookup(p.partition, hi)
+            t = produced.time_ns if produced is not None else now_ns
+            # it reaches the objective while that record waits, or as its position gets there if it is older
+            there = max(0.0, (hi - base) / capacity)
+            return max(0.0, (t - now_ns) / 1e9 + objective, there)
+        if capacity >= produce or produce <= 0:
+            return None  # what is produced from now on, it reads faster than it comes
+        # beyond the high watermark: records produced at `produce` from its time on, read at `capacity`
+        at_hw = max(0.0, (hw - base) / capacity)  # when it gets to them
+        lag_then = (now_ns - hw_ns) / 1e9 + at_hw
+        return at_hw + max(0.0, (objective - lag_then) / (1 - capacity / produce))
 
     def produce_rate(self, key: PartitionKey) -> float | None:
         """Messages/s into the partition over the window, from its high watermark."""
@@ -653,7 +753,9 @@ class LagTracker:
         r = self.rules
         recent = now_ns - r.window_ns
         status = p.status
-        per_record = max(p.per_record) if p.per_record else 0.0
+        # its usual time per record of late (the median of its last cycles: one slow cycle, a JVM compiling or
+        # collecting, is not its pace)
+        per_record = _median(p.per_record) if p.per_record else 0.0
         latency = sorted(p.latencies)[len(p.latencies) // 2] if p.latencies else 0
         fill = max(p.fills) if p.fills else 0.0
         evidence = (("otel_kafka_ebpf.lag.evidence.processing_s", (p.gaps[-1] if p.gaps else 0) / 1e9),
@@ -672,14 +774,15 @@ class LagTracker:
             return (THROTTLED if throttled else ERRORS if errors else PROCESSING), evidence
         if m.lag <= 0 or (status == OK and m.lag_seconds is not None and m.lag_seconds * 1e9 <= r.caught_up_ns):
             return NONE, evidence
-        if status == OK and p.cause in LAG_CAUSES:
-            return p.cause, evidence  # working off a backlog: what made it
+        # what holds it back now, even while it works off a backlog something else made
         if rebalancing:
             return REBALANCING, evidence
         if errors:
             return ERRORS, evidence
         if throttled:
             return THROTTLED, evidence
+        if p.cause in LAG_CAUSES and (status == OK or self._turned(p, now_ns)):
+            return p.cause, evidence  # working off a backlog (its lag has turned down): what made it
         produce = self.produce_rate(p.partition)
         evidence += (("otel_kafka_ebpf.lag.evidence.produce_rate", round(produce, 1) if produce is not None else None),
                      ("otel_kafka_ebpf.lag.evidence.produce_rate_before",
@@ -721,6 +824,11 @@ def _ewma(old: float, sample: float) -> float:
     if old < 0:
         return sample
     return old + (0.5 if sample < old else 0.02) * (sample - old)
+
+
+def _median(values) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
 
 
 def _slope(points: list[tuple[int, int]]) -> float | None:

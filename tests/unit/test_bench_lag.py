@@ -29,8 +29,10 @@ def _consumer_attrs(partition, group=GROUP):
             "messaging.destination.partition.id": str(partition), "messaging.client.id": "okw-go-c"}
 
 
-def status_line(status: str, partition: int, t_ns: int, group: str = GROUP) -> str:
+def status_line(status: str, partition: int, t_ns: int, group: str = GROUP, cause: str | None = None) -> str:
     attrs = {**_consumer_attrs(partition, group), "otel_kafka_ebpf.consumer.status": status}
+    if cause:
+        attrs["otel_kafka_ebpf.lag.cause"] = cause
     return json.dumps({"resourceLogs": [{"resource": {"attributes": _attrs(**{"service.name": "svc"})},
                                          "scopeLogs": [{"logRecords": [{
                                              "timeUnixNano": str(t_ns), "eventName": "otel_kafka_ebpf.consumer.status",
@@ -106,3 +108,18 @@ def test_summary_takes_detection_and_error_inside_the_stops_only():
     assert s["detection_median_s"] == 6.0 and s["missed"] == 0
     assert s["lag_seconds_error"]["samples"] == 1
     assert s["lag_seconds_error"]["mean_s"] == pytest.approx(10.0 - (26.0 - 14.0))
+
+
+def test_the_time_to_the_right_cause_beside_the_time_to_the_status(tmp_path):
+    """A stopped consumer's right cause is `stopped`: the summary times the first record that names it."""
+    agent = bench.AgentReporter(tmp_path / "agent.jsonl", [], GROUP, TOPIC)
+    agent._take(status_line("WARN", 0, 1, cause="processing"))  # lagging, not yet the right cause
+    agent._take(status_line("STOP", 0, 2, cause="stopped"))
+    agent.reports[0].seen, agent.reports[1].seen = 21.0, 22.5
+    assert agent.reports[1].what == "STOP (stopped) partition 0 client okw-go-c"
+    s = bench.summarize(agent, [(20.0, 60.0), (70.0, 90.0)], _truth())
+    assert s["detections"][0]["after_s"] == 1.0 and s["cause_detections"][0]["after_s"] == 2.5
+    assert s["cause_detections"][1] is None and s["cause_median_s"] == 2.5 and s["right_cause"] == "stopped"
+    poller = bench.Reporter()
+    poller.reports = [bench.Report(25.0, True, "lag grew")]
+    assert bench.summarize(poller, [(20.0, 60.0)], _truth())["right_cause"] is None  # it names no cause

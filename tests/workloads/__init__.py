@@ -564,6 +564,8 @@ def contract_parser(client: str) -> argparse.ArgumentParser:
     p.add_argument("--process-after", type=int, default=0)
     p.add_argument("--process-until", type=int, default=-1)
     p.add_argument("--hang-s", type=float, default=0)
+    p.add_argument("--fetch-max-bytes", type=int, default=0)
+    p.add_argument("--max-partition-fetch-bytes", type=int, default=0)
     return p
 
 
@@ -574,7 +576,7 @@ def parse_contract_args(client: str, argv: list[str] | None = None) -> argparse.
     for name in ("partitions", "batch_size"):
         if getattr(a, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("messages", "size", "rate", "linger_ms"):
+    for name in ("messages", "size", "rate", "linger_ms", "fetch_max_bytes", "max_partition_fetch_bytes"):
         if getattr(a, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
     if a.timeout_s <= 0:

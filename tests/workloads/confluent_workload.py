@@ -131,6 +131,15 @@ def consume(args, truth, counts, want: int, start: dict[int, int] | None) -> Non
         "auto.commit.interval.ms": 1000,
         "isolation.level": "read_committed" if args.transactional else "read_uncommitted",
     }
+    # librdkafka raises fetch.max.bytes to at least max.partition.fetch.bytes (its fetch.message.max.bytes), and
+    # wants it at least message.max.bytes (at least 1000)
+    if args.fetch_max_bytes:
+        if args.fetch_max_bytes < 1000:
+            raise UnsupportedOption("librdkafka's fetch.max.bytes is at least message.max.bytes, at least 1000")
+        conf["fetch.max.bytes"] = args.fetch_max_bytes
+        conf["message.max.bytes"] = min(args.fetch_max_bytes, 1_000_000)
+    if args.max_partition_fetch_bytes:
+        conf["max.partition.fetch.bytes"] = args.max_partition_fetch_bytes
     consumer = Consumer(conf)
     client_id = conf["client.id"]
     try:

@@ -155,6 +155,8 @@ def consume(args, truth, counts, want: int, start: dict[int, int] | None) -> Non
         enable_auto_commit=True,
         auto_commit_interval_ms=1000,
         isolation_level="read_committed" if args.transactional else "read_uncommitted",
+        **({"fetch_max_bytes": args.fetch_max_bytes} if args.fetch_max_bytes else {}),
+        **({"max_partition_fetch_bytes": args.max_partition_fetch_bytes} if args.max_partition_fetch_bytes else {}),
     )
     client_id = args.client_id + "-c"
     try:

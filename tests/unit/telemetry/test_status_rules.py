@@ -1,6 +1,6 @@
 """The status rules of issue 19 and the causes and estimates of issue 17, on simulated clients: a consumer whose
 handler turns slow is WARN (never STOP), never OK while its lag trends up, and does not flap; a stopped process
-is STOP at once; a producer burst is `producer_burst` with a catch-up estimate near the truth."""
+is STOP at once; a producer burst is `producer_burst` with catch-up and objective-breach estimates near the truth."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ class Bed:
     one fetch ahead of its handler (`ahead`, as the Java client, franz-go and kafka-python do) or fetches only once
     its handler is done; the handler takes `per_record(t)` ns a record."""
 
-    def __init__(self, *, rate=lambda t: 100, per_record=lambda t: 0, ahead: bool = True, cap: int = 100_000) -> None:
-        self.tracker = LagTracker()
+    def __init__(self, *, rate=lambda t: 100, per_record=lambda t: 0, ahead: bool = True, cap: int = 100_000,
+                 **rules) -> None:
+        self.tracker = LagTracker(**rules)
         self.rate, self.per_record, self.ahead, self.cap = rate, per_record, ahead, cap
         self.t = T0
         self.hw = 0
@@ -71,6 +72,10 @@ class Bed:
     def run_until(self, s: float) -> None:
         while self.t < T0 + s * S:
             self.step()
+
+    def handled(self) -> int:
+        """The records its handler has done by now."""
+        return max((end for end, done in self.consumed_at.items() if done <= self.t), default=0)
 
     @property
     def position(self):
@@ -147,21 +152,54 @@ def test_a_hang_while_caught_up_is_stop_within_a_second():
     assert stop and stop[0][0] * S + T0 - hung <= 1 * S, bed.changes
 
 
-def test_a_producer_burst_is_producer_burst_and_has_a_catch_up_estimate():
-    """The handler takes 4 ms a record (250/s); 100/s, then 800/s for 4 s, then 100/s again."""
-    rate = lambda t: 800 if T0 + 10 * S <= t < T0 + 14 * S else 100  # noqa: E731
-    bed = Bed(rate=rate, per_record=lambda t: 4 * MS)
-    bed.run_until(10)
-    assert bed.changes == [], bed.changes
-    bed.run_until(14)
-    assert bed.position.status == WARN and bed.position.cause == PRODUCER_BURST, bed.changes
-    bed.run_until(24)  # recovering
-    m = bed.tracker.measure(bed.position, bed.t)
-    estimate = bed.tracker.heading(bed.position, m, bed.t).catch_up_s
-    at = bed.t
-    while bed.tracker.measure(bed.position, bed.t).lag > 30:
-        bed.step()
-    truth = (bed.t - at) / S
-    # not yet within 20 % of the truth (2.1 s against 4.3 s here): see the report; it is there, and finite
-    assert estimate is not None and 0 < estimate < 10 * truth, (estimate, truth)
-    assert not any(c[2] in (STOP, STALL) for c in bed.changes), bed.changes
+def _burst(t: int) -> int:
+    """100 messages/s, then 800/s for 4 s from 10 s in, then 100/s again."""
+    return 800 if T0 + 10 * S <= t < T0 + 14 * S else 100
+
+
+def test_a_producer_burst_is_producer_burst_and_its_catch_up_estimate_is_within_a_fifth_of_the_truth():
+    """The handler takes 4 ms a record (250/s), a fetch hands it at most 500 (1 MiB of 2 kB records). Estimated
+    10 s into the recovery, the time until its handler has done all that was produced (to within 30 records), for
+    a client that fetches ahead (as the Java client, franz-go and kafka-python do: within a fifth) and one that
+    does not: its lag holds the batch it works on already, which the wire does not tell apart from a batch
+    fetched ahead, so its estimate may be longer by that batch at the rate it gains (500 / (250 - 100) s)."""
+    for ahead in (True, False):
+        bed = Bed(rate=_burst, per_record=lambda t: 4 * MS, ahead=ahead, cap=500)
+        bed.run_until(10)
+        assert bed.changes == [], bed.changes
+        bed.run_until(14)
+        assert bed.position.status == WARN and bed.position.cause == PRODUCER_BURST, (ahead, bed.changes)
+        causes = set()
+        while bed.t < T0 + 24 * S:  # recovering: what made it, throughout
+            bed.run_until((bed.t - T0) / S + 0.1)
+            causes.add(bed.position.cause)
+        assert causes == {PRODUCER_BURST}, (ahead, causes)
+        m = bed.tracker.measure(bed.position, bed.t)
+        estimate = bed.tracker.heading(bed.position, m, bed.t).catch_up_s
+        at = bed.t
+        while bed.hw - bed.handled() > 30:
+            bed.step()
+        truth = (bed.t - at) / S
+        slack = 0 if ahead else 500 / (250 - 100)
+        assert estimate is not None and -0.2 * truth <= estimate - truth <= 0.2 * truth + slack, (
+            ahead, estimate, truth)
+        assert not any(c[2] in (STOP, STALL) for c in bed.changes), (ahead, bed.changes)
+
+
+def test_a_producer_burst_has_an_objective_breach_estimate_within_a_fifth_of_the_truth():
+    """The same burst and a 5 s objective: 3 s into the burst, the time until its lag in seconds reaches 5 s. It
+    does so after the burst, while its lag in messages already shrinks: it still reads what the burst wrote. As
+    above, for a client that does not fetch ahead, it may be later by its batch's work (500 / 250 s)."""
+    for ahead in (True, False):
+        bed = Bed(rate=_burst, per_record=lambda t: 4 * MS, ahead=ahead, cap=500, objective_ns=5 * S)
+        bed.run_until(13)
+        m = bed.tracker.measure(bed.position, bed.t)
+        estimate = bed.tracker.heading(bed.position, m, bed.t).breach_s
+        at = bed.t
+        while (bed.tracker.measure(bed.position, bed.t).lag_seconds or 0) < 5:
+            bed.step()
+        truth = (bed.t - at) / S
+        assert bed.t > T0 + 14 * S  # after the burst
+        slack = 0 if ahead else 500 / 250
+        assert estimate is not None and -0.2 * truth <= estimate - truth <= 0.2 * truth + slack, (
+            ahead, estimate, truth)

@@ -60,6 +60,8 @@ type options struct {
 	processAfter  int
 	processUntil  int
 	hangS         float64
+	fetchMaxBytes int
+	partFetchMax  int
 }
 
 // exitErr carries the exit code a failure maps to.
@@ -99,6 +101,8 @@ func parseOptions(args []string) (*options, error) {
 	fs.IntVar(&o.processAfter, "process-after", 0, "--process-ms applies from this many consumed records on")
 	fs.IntVar(&o.processUntil, "process-until", -1, "and up to this many (-1: to the end)")
 	fs.Float64Var(&o.hangS, "hang-s", 0, "how long the handler hangs (0: until killed)")
+	fs.IntVar(&o.fetchMaxBytes, "fetch-max-bytes", 0, "the consumer's bound on a fetch response (0: the client's default)")
+	fs.IntVar(&o.partFetchMax, "max-partition-fetch-bytes", 0, "and on each partition in it (0: the client's default)")
 	fs.StringVar(&o.out, "out", "", "ground truth file (JSON lines, required)")
 	if err := fs.Parse(args); err != nil {
 		return nil, fail(exitError, "%v", err)
@@ -127,6 +131,10 @@ func parseOptions(args []string) (*options, error) {
 		return nil, fail(exitError, "--batch-size must be >= 1")
 	case o.timeoutS <= 0:
 		return nil, fail(exitError, "--timeout-s must be > 0")
+	case o.fetchMaxBytes < 0:
+		return nil, fail(exitError, "--fetch-max-bytes must be >= 0")
+	case o.partFetchMax < 0:
+		return nil, fail(exitError, "--max-partition-fetch-bytes must be >= 0")
 	}
 	if !oneOf(o.compression, "none", "gzip", "snappy", "lz4", "zstd") {
 		return nil, fail(exitError, "--compression must be none|gzip|snappy|lz4|zstd, not %q", o.compression)
@@ -525,6 +533,12 @@ func consumerOptions(o *options) []kgo.Opt {
 	}
 	if o.transactional {
 		opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	}
+	if o.fetchMaxBytes > 0 {
+		opts = append(opts, kgo.FetchMaxBytes(int32(o.fetchMaxBytes)))
+	}
+	if o.partFetchMax > 0 {
+		opts = append(opts, kgo.FetchMaxPartitionBytes(int32(o.partFetchMax)))
 	}
 	return opts
 }

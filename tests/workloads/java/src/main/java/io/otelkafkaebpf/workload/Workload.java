@@ -72,7 +72,7 @@ public final class Workload {
     static final class Options {
         String bootstrap, topic, out;
         int partitions = 1, messages = 100, size = 100, lingerMs = 5, batchSize = 16384, hangAfter = -1,
-            processAfter = 0, processUntil = -1;
+            processAfter = 0, processUntil = -1, fetchMaxBytes = 0, maxPartitionFetchBytes = 0;
         double rate = 0, timeoutS = 60, processMs = 0, hangS = 0;
         String compression = "none", acks = "all", mode = "both", group, groupProtocol = "classic";
         String clientId = "okw-" + CLIENT;
@@ -119,6 +119,8 @@ public final class Workload {
                     case "--process-after": o.processAfter = integer(a, v); break;
                     case "--process-until": o.processUntil = integer(a, v); break;
                     case "--hang-s": o.hangS = number(a, v); break;
+                    case "--fetch-max-bytes": o.fetchMaxBytes = integer(a, v); break;
+                    case "--max-partition-fetch-bytes": o.maxPartitionFetchBytes = integer(a, v); break;
                     default: throw new Fail(EXIT_ERROR, "unknown option " + a);
                 }
             }
@@ -132,6 +134,8 @@ public final class Workload {
             if (o.lingerMs < 0) throw new Fail(EXIT_ERROR, "--linger-ms must be >= 0");
             if (o.batchSize < 1) throw new Fail(EXIT_ERROR, "--batch-size must be >= 1");
             if (!(o.timeoutS > 0)) throw new Fail(EXIT_ERROR, "--timeout-s must be > 0");
+            if (o.fetchMaxBytes < 0) throw new Fail(EXIT_ERROR, "--fetch-max-bytes must be >= 0");
+            if (o.maxPartitionFetchBytes < 0) throw new Fail(EXIT_ERROR, "--max-partition-fetch-bytes must be >= 0");
             oneOf("--compression", o.compression, "none", "gzip", "snappy", "lz4", "zstd");
             if (o.acks.equals("-1")) o.acks = "all";
             oneOf("--acks", o.acks, "0", "1", "all");
@@ -528,6 +532,9 @@ public final class Workload {
         p.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, true);
         p.put(ConsumerConfig.AUTO_COMMIT_INTERVAL_MS_CONFIG, 1000);
         if (o.transactional) p.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG, "read_committed");
+        if (o.fetchMaxBytes > 0) p.put(ConsumerConfig.FETCH_MAX_BYTES_CONFIG, o.fetchMaxBytes);
+        if (o.maxPartitionFetchBytes > 0)
+            p.put(ConsumerConfig.MAX_PARTITION_FETCH_BYTES_CONFIG, o.maxPartitionFetchBytes);
 
         int got = 0;
         try (KafkaConsumer<String, byte[]> consumer = new KafkaConsumer<>(p)) {
