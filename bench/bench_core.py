@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_agent import _cpu_model  # noqa: E402
 from bench_decoder import pick_frames, with_correlation  # noqa: E402
 from otel_kafka_ebpf import fastpath  # noqa: E402
 from otel_kafka_ebpf.capture import events as ev  # noqa: E402
@@ -132,13 +133,6 @@ def main() -> int:
     out.mkdir(exist_ok=True)
     (out / f"core{'-digest' if args.digest else ''}.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 if __name__ == "__main__":
