@@ -47,6 +47,16 @@ def _read_frame(sock: socket.socket) -> bytes | None:
     return head + bytes(body)
 
 
+
+def _shut(*socks: socket.socket) -> None:
+    """Both ends of a proxied connection, whichever side ended it."""
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class GarbleProxy:
     def __init__(self, target: tuple[str, int] | None = None) -> None:
         self.target = target
@@ -100,11 +110,7 @@ class GarbleProxy:
         except OSError:
             pass
         finally:
-            for s in (client, server):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shut(client, server)
 
     def _answers(self, server: socket.socket, client: socket.socket, asked: dict, state: dict) -> None:
         try:
@@ -129,8 +135,4 @@ class GarbleProxy:
         except OSError:
             pass
         finally:
-            for s in (client, server):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shut(client, server)
