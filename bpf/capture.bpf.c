@@ -38,7 +38,9 @@ char LICENSE[] SEC("license") = "GPL";
 #define WALK_DIGEST  2  /* the digest chooses the next unit before the next step */
 
 enum conn_verdict { CONN_UNKNOWN = 0, CONN_KAFKA = 1, CONN_OTHER = 2 };
-enum fd_verdict { FD_NOT_SOCKET = 1, FD_NOT_KAFKA = 2 };
+/* FD_TLS: a TLS probe hands this socket's plaintext over, its ciphertext is not looked at; FD_TLS_OTHER: and
+ * that plaintext is not Kafka. */
+enum fd_verdict { FD_NOT_SOCKET = 1, FD_NOT_KAFKA = 2, FD_TLS = 3, FD_TLS_OTHER = 4 };
 enum op_kind { OP_BUF = 0, OP_IOV = 1, OP_MSG = 2, OP_MMSG = 3, OP_CONNECT = 4, OP_ACCEPT = 5, OP_SENDFILE = 6 };
 
 
@@ -234,7 +236,7 @@ static __noinline bool emit_open(struct conn *c, __u64 sk_ptr)
 	e->tid = (__u32)pid_tgid;
 	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	e->role = c->role;
-	e->pad0 = 0;
+	e->tls = c->tls;
 	e->conn_id = c->conn_id;
 	e->ts_ns = c->open_ts;
 	e->cgroup_id = bpf_get_current_cgroup_id();
@@ -255,7 +257,8 @@ static __noinline bool emit_open(struct conn *c, __u64 sk_ptr)
 	 * batched wake-up waits. */
 	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	count(OKE_CNT_EVENTS, 1);
-	count(OKE_CNT_CONN_KAFKA, 1);  /* once per connection, classified or forced by port */
+	/* once per connection, classified or forced by port */
+	count(c->tls == OKE_TLS_UNDECODED ? OKE_CNT_TLS_UNDECODED : OKE_CNT_CONN_KAFKA, 1);
 	return true;
 }
 
@@ -307,6 +310,13 @@ static __always_inline int peek_bytes(struct ev_scratch *sb, struct active_op *o
 		got += take;
 	}
 	return got;
+}
+
+/* A TLS record of the handshake (22, version 3.x) that carries a ClientHello (1): no Kafka request starts so
+ * (its size field would read 369 MB and more). */
+static __always_inline bool looks_like_tls_hello(struct peek *p, int n)
+{
+	return n >= 6 && p->b[0] == 0x16 && p->b[1] == 3 && p->b[2] <= 4 && p->b[5] == 1;
 }
 
 static __always_inline bool looks_like_kafka_request(struct peek *p, int n)
@@ -777,6 +787,15 @@ static __always_inline bool classify_after_lead4(struct conn *c, struct ev_scrat
 	return true;
 }
 
+/* A connection on a port forced to Kafka that begins with a TLS handshake: reported, its bytes never walked. */
+static __noinline void forced_tls_hello(struct conn *c, struct ev_scratch *sb, struct active_op *op, __u32 total)
+{
+	if (c->tls || (op->direction & 1) != request_dir(c) || c->dir[op->direction & 1].offset)
+		return;
+	if (looks_like_tls_hello(&sb->peek, peek_bytes(sb, op, total)))
+		c->tls = OKE_TLS_UNDECODED;
+}
+
 /* Decide whether an unclassified connection speaks Kafka, from this syscall's first bytes. */
 static __noinline void classify(struct conn *c, struct ev_scratch *sb, struct active_op *op, __u32 total)
 {
@@ -794,6 +813,13 @@ static __noinline void classify(struct conn *c, struct ev_scratch *sb, struct ac
 	}
 	struct peek *p = &sb->peek;
 	int n = peek_bytes(sb, op, total);
+	if (!op->tls && c->dir[req_dir].offset == 0 && looks_like_tls_hello(p, n)) {
+		/* a TLS client starts its handshake: until a TLS probe hands its plaintext over, the connection
+		 * is reported (its process, its peer), never walked */
+		c->verdict = CONN_KAFKA;
+		c->tls = OKE_TLS_UNDECODED;
+		return;
+	}
 	if (c->role != OKE_ROLE_UNKNOWN && c->pending4_valid) {
 		c->verdict = classify_after_lead4(c, sb, n, req_dir) ? CONN_KAFKA : CONN_OTHER;
 		if (c->verdict == CONN_KAFKA) {
@@ -1016,6 +1042,8 @@ static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op *op, l
 	struct conn *c = conn_for(op->sk, op->ino, OKE_ROLE_UNKNOWN, tgid);
 	if (!c)
 		return;
+	if (c->tls != op->tls && c->tls != OKE_TLS_UNDECODED)
+		return;  /* the ciphertext of a connection whose plaintext a TLS probe hands over */
 	if (op->kind == OP_SENDFILE) {
 		if (c->verdict == CONN_KAFKA && c->open_sent)
 			note_unseen(c, op->sk, OKE_DIR_SEND, ret);
@@ -1028,7 +1056,7 @@ static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op *op, l
 		if (c->verdict == CONN_OTHER) {
 			count(OKE_CNT_CONN_OTHER, 1);
 			__u64 key = fd_key(tgid, op->fd);
-			__u8 v = FD_NOT_KAFKA;
+			__u8 v = op->tls ? FD_TLS_OTHER : FD_NOT_KAFKA;
 			bpf_map_update_elem(&fd_verdicts, &key, &v, BPF_ANY);
 			return;
 		}
@@ -1039,6 +1067,8 @@ static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op *op, l
 	}
 	if (c->verdict != CONN_KAFKA)
 		return;
+	if (!c->open_sent && !op->tls && sb)
+		forced_tls_hello(c, sb, op, ret);
 	if (!c->open_sent) {
 		if (!emit_open(c, op->sk)) {
 			c->dir[op->direction & 1].offset += ret;
@@ -1051,8 +1081,17 @@ static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op *op, l
 		__u8 one = 1;  /* its exit will end its connections (classified or forced by port) */
 		bpf_map_update_elem(&kafka_tgids, &tgid, &one, BPF_ANY);
 	}
+	if (c->tls == OKE_TLS_UNDECODED) {
+		/* reported once; its ciphertext costs what a socket that is not Kafka costs from here on */
+		__u64 key = fd_key(tgid, op->fd);
+		__u8 v = FD_TLS;
+		bpf_map_update_elem(&fd_verdicts, &key, &v, BPF_ANY);
+		return;
+	}
 	count(OKE_CNT_SYSCALLS, 1);
-	if (op->kind != OP_MMSG)  /* ret counts messages there: the next syscall's check covers their bytes */
+	/* ret counts messages for mmsg: the next syscall's check covers their bytes; a TLS library's plaintext
+	 * has no place in the TCP sequence */
+	if (op->kind != OP_MMSG && !op->tls)
 		note_unseen(c, op->sk, op->direction, ret);
 	struct dir_state *d = &c->dir[op->direction & 1];
 	bool rearm = c->rearm && (op->direction & 1) == request_dir(c) && d->frame_left == 0 && d->size_have == 0;
@@ -1111,12 +1150,35 @@ static __noinline void new_conn(__u32 tgid, int fd, __u8 role)
 }
 
 /* fd was closed: its cached verdict no longer holds, and a Kafka connection on it ends. */
+/* The connection ends: what it left unfinished, then its close event. */
+static __noinline void emit_close(struct conn *c)
+{
+	pending_flush(c, OKE_DIR_SEND);
+	pending_flush(c, OKE_DIR_RECV);
+	struct oke_close_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(OKE_CNT_RINGBUF_DROPS, 1);
+		return;
+	}
+	e->type = OKE_EV_CLOSE;
+	e->pid = c->tgid;
+	e->conn_id = c->conn_id;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->send_bytes = c->dir[OKE_DIR_SEND].offset;
+	e->recv_bytes = c->dir[OKE_DIR_RECV].offset;
+	bpf_ringbuf_submit(e, ringbuf_flags());
+	count(OKE_CNT_EVENTS, 1);
+}
+
 static __noinline void on_close(__u32 tgid, int fd)
 {
 	__u64 key = fd_key(tgid, fd);
-	if (bpf_map_lookup_elem(&fd_verdicts, &key)) {
+	__u8 *verdict = bpf_map_lookup_elem(&fd_verdicts, &key);
+	if (verdict) {
+		bool tls = *verdict == FD_TLS;
 		bpf_map_delete_elem(&fd_verdicts, &key);
-		return;
+		if (!tls)  /* a TLS connection's plaintext may be a Kafka connection */
+			return;
 	}
 	__u64 *skp = bpf_map_lookup_elem(&kafka_fds, &key);
 	if (!skp)
@@ -1134,25 +1196,16 @@ static __noinline void on_close(__u32 tgid, int fd)
 	struct conn *c = bpf_map_lookup_elem(&conns, &sk_ptr);
 	if (!c || c->tgid != tgid)
 		return;
-	if (c->verdict == CONN_KAFKA && c->open_sent) {
-		pending_flush(c, OKE_DIR_SEND);
-		pending_flush(c, OKE_DIR_RECV);
-		struct oke_close_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-		if (e) {
-			e->type = OKE_EV_CLOSE;
-			e->pid = tgid;
-			e->conn_id = c->conn_id;
-			e->ts_ns = bpf_ktime_get_ns();
-			e->send_bytes = c->dir[OKE_DIR_SEND].offset;
-			e->recv_bytes = c->dir[OKE_DIR_RECV].offset;
-			bpf_ringbuf_submit(e, ringbuf_flags());
-			count(OKE_CNT_EVENTS, 1);
-		} else {
-			count(OKE_CNT_RINGBUF_DROPS, 1);
-		}
-	}
+	if (c->verdict == CONN_KAFKA && c->open_sent)
+		emit_close(c);
 	bpf_map_delete_elem(&conns, &sk_ptr);
 }
+
+#include "tls.bpf.h"
+#if __has_include("gotls.bpf.h")
+#include "gotls.bpf.h"  /* Go crypto/tls */
+#endif
+
 
 /* heads: the fallback program's data path (bpf/heads.bpf.h) instead of the frame walker's */
 static __always_inline int on_sys_exit(struct pt_regs *regs, long ret, const bool heads)
@@ -1211,6 +1264,8 @@ static __always_inline int on_sys_exit(struct pt_regs *regs, long ret, const boo
 	struct ev_scratch *sb = scratch_get();
 	if (!sb)
 		return 0;  /* never: the map has an entry for every possible CPU */
+	if (tls_learning)  /* a TLS call under way whose socket is not known yet: this may be its syscall */
+		tls_learn_fd(pid_tgid, OKE_SYSCALL_ARG1(regs));
 	struct active_op *op = &sb->op;
 	__builtin_memset(op, 0, sizeof(*op));
 	if (data_op(tgid, OKE_SYSCALL_ARG1(regs), OKE_SYSCALL_ARG2(regs),
@@ -1250,6 +1305,7 @@ int BPF_PROG(process_exit, struct task_struct *task)
 	__u32 tgid = pid_tgid >> 32;
 	if (tgid != (__u32)pid_tgid)
 		return 0;  /* a thread, not the process */
+	tls_forget(tgid);
 	if (!bpf_map_lookup_elem(&kafka_tgids, &tgid))
 		return 0;
 	bpf_map_delete_elem(&kafka_tgids, &tgid);

@@ -25,6 +25,8 @@
 #define OKE_MAX_PIDS        4096    /* processes a pid filter names */
 #define OKE_MAX_KAFKA_TGIDS 16384   /* processes with Kafka connections, for their exit events (LRU) */
 #define OKE_MAX_LISTENERS   16384   /* sockets listening when the agent started */
+#define OKE_MAX_TLS_SESSIONS 65536  /* TLS sessions (process, session object) whose socket is known (LRU) */
+#define OKE_MAX_TLS_CALLS   16384   /* TLS reads and writes under way (thread or goroutine) (LRU) */
 #define OKE_MAX_PENDING_EVENTS 16384  /* unfinished events kept between syscalls (connection and direction) */
 
 enum oke_event_type {
@@ -83,6 +85,9 @@ enum oke_counter {
 	OKE_CNT_CONN_OTHER,         /* TCP connections classified not Kafka */
 	OKE_CNT_TRACEPOINT_HITS,    /* socket syscalls of traced processes looked at */
 	OKE_CNT_SKIPPED_BYTES,      /* bytes not copied on purpose (record payloads, SASL) */
+	OKE_CNT_TLS_OPS,            /* plaintext reads and writes handed over by the TLS probes */
+	OKE_CNT_TLS_NO_FD,          /* TLS plaintext whose socket is not known (bytes lost, counted here) */
+	OKE_CNT_TLS_UNDECODED,      /* connections that began a TLS handshake on a Kafka port, plaintext unseen */
 	OKE_CNT_MAX,
 };
 
@@ -92,7 +97,7 @@ struct oke_open_event {
 	__u32 tid;
 	__u16 family;
 	__u8  role;
-	__u8  pad0;
+	__u8  tls;          /* enum oke_tls_stack: whose plaintext the events carry (0: the socket's own bytes) */
 	__u64 conn_id;
 	__u64 ts_ns;
 	__u64 cgroup_id;
@@ -186,5 +191,22 @@ struct oke_layout {
 #define OKE_LAYOUT_KEY(is_response, api_key, version) \
 	((((__u32)(is_response) & 1) << 13) | (((__u32)(api_key) & 127) << 6) | ((__u32)(version) & 63))
 #define OKE_LAYOUT_KEYS (1 << 14)
+
+/* The TLS probes' seam with the stream machinery (bpf/tls.bpf.h): a TLS library's read or write of n
+ * plaintext bytes of a socket fd, from one user buffer, enters the same walk as a syscall's bytes. The
+ * connection is the socket's (one TLS connection is one Kafka connection); its ciphertext is not walked. */
+enum oke_tls_stack {
+	OKE_TLS_NONE      = 0,
+	OKE_TLS_OPENSSL   = 1,  /* OpenSSL 1.1/3, shared or linked in (SSL_read, SSL_write and their _ex) */
+	OKE_TLS_GO        = 2,  /* Go crypto/tls: (*Conn).Read, (*Conn).Write */
+	OKE_TLS_UNDECODED = 3,  /* a TLS handshake seen on a Kafka port, no probe hands its plaintext over */
+};
+
+/* The attach cookie of a TLS probe: the direction in bits 0-7, flags in 8-15, the slot of the file probed
+ * in 16-31 (tls_attached: when its probes were in place; go_offsets: a Go binary's offsets). */
+#define OKE_TLS_COOKIE_DIR(c)   ((__u8)((c) & 0xff))
+#define OKE_TLS_COOKIE_EX       (1 << 8)   /* OpenSSL's SSL_read_ex/SSL_write_ex: the count is in *arg4 */
+#define OKE_TLS_COOKIE_SLOT(c)  ((__u32)(((c) >> 16) & 0xffff))
+#define OKE_MAX_TLS_FILES       1024       /* files (libraries, binaries) the TLS probes are attached to */
 
 #endif

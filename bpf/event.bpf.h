@@ -17,7 +17,8 @@ struct active_op {
 	__u32 count;         /* buffer length, iovcnt or vlen */
 	__u8  kind;
 	__u8  direction;
-	__u16 pad0;
+	__u8  tls;           /* enum oke_tls_stack: bytes a TLS probe handed over (0: a syscall's) */
+	__u8  pad0;
 	__u32 fd;
 	__u32 pad1;
 };

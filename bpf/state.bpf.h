@@ -75,7 +75,8 @@ struct conn {
 	__u8  inflight_head; /* next slot of inflight to write */
 	__u8  inflight_n;    /* slots in use, the oldest at inflight_head - inflight_n */
 	__u8  rearm;         /* responses lost their sync: the next request says which response resyncs them */
-	__u8  pad1[2];
+	__u8  tls;           /* enum oke_tls_stack: the plaintext of this TLS library is walked, not the socket's bytes */
+	__u8  pad1;
 	struct inflight inflight[OKE_INFLIGHT];
 };
 

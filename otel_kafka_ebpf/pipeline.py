@@ -22,6 +22,7 @@ from typing import Protocol, TextIO, runtime_checkable
 from .capture.streams import Annotation, ConnectionClosed, ConnectionOpened, StreamEvent
 from .correlate.batches import Correlator
 from .correlate.clusters import Endpoint
+from .correlate.undecoded import TlsConnections, UndecodedTls
 from .fastpath import pipeline_decoder
 from .discovery import METADATA_ANSWER as METADATA, OFFSETS_ANSWER as OFFSETS
 from .identity import ProcessDirectory, ProcessIdentity
@@ -94,6 +95,8 @@ class Pipeline:
         self._next_probe = 0
         self._task_states: dict[int, str] = {}  # pid -> its state last said (live)
         self.stats: Counter = Counter()
+        self.tls = TlsConnections()  # connections by TLS stack; the undecoded ones of Kafka clients are reported
+        self.on_tls_undecoded: Callable[[UndecodedTls], None] | None = None
 
     def add_sink(self, sink: Sink) -> None:
         if not isinstance(sink, (PairSink, BatchSink, TickSink)):
@@ -137,6 +140,9 @@ class Pipeline:
         if now_ns is None:
             now_ns = time.time_ns()
         self._next_tick = now_ns + TICK_NS
+        for report in self.tls.due(now_ns):
+            if self.on_tls_undecoded is not None:
+                self.on_tls_undecoded(report)
         if self.lookup is not None:
             self._ask_brokers(now_ns)
         if self.processes.read_proc and now_ns >= self._next_probe:
@@ -169,6 +175,8 @@ class Pipeline:
             self.on_annotation(Annotation(PROCESS, event.ts_ns, ident.to_dict()))
         if ident.is_kafka_broker:
             self.correlator.mark_broker(event.pid)
+        args = ident.attributes.get("process.command_args") or ()
+        self.tls.opened(event, ident.service_name, " ".join(args) if isinstance(args, list) else str(args))
         if self.lookup is not None:
             self.lookup.note_process(event.netns, event.pid)
 
@@ -271,6 +279,8 @@ def run_trace(events: Iterable[StreamEvent], args: argparse.Namespace, out: Text
     """`trace` and `replay`: print the pairs of `events`."""
     pipeline = Pipeline(processes=processes, broker_traffic=broker_traffic)
     pipeline.add_sink(PairPrinter(args, out, pipeline.correlator.topics, pipeline.decoder.opened))
+    as_json = bool(getattr(args, "json", False))
+    pipeline.on_tls_undecoded = lambda r: out.write((json.dumps(r.to_dict()) if as_json else r.text()) + "\n")
     try:
         pipeline.run(events)
     except BrokenPipeError:  # `... | head`

@@ -38,7 +38,13 @@ SKIP_HEADS = 3
 MODE_DIGEST, MODE_FULL = 0, 1
 
 COUNTERS = ("syscalls", "events", "bytes", "ringbuf_drops", "gap_bytes", "conn_kafka", "conn_other",
-            "tracepoint_hits", "skipped_bytes")
+            "tracepoint_hits", "skipped_bytes", "tls_ops", "tls_no_fd", "tls_undecoded")
+
+# enum oke_tls_stack: whose plaintext a connection's events carry
+TLS_NONE, TLS_OPENSSL, TLS_GO, TLS_UNDECODED = 0, 1, 2, 3
+TLS_STACKS = {TLS_NONE: "", TLS_OPENSSL: "openssl", TLS_GO: "go", TLS_UNDECODED: "undecoded"}
+TLS_COOKIE_EX = 1 << 8
+MAX_TLS_FILES = 1024
 
 
 class OpenEvent(ctypes.Structure):
@@ -48,7 +54,7 @@ class OpenEvent(ctypes.Structure):
         ("tid", c_uint32),
         ("family", c_uint16),
         ("role", c_uint8),
-        ("pad0", c_uint8),
+        ("tls", c_uint8),
         ("conn_id", c_uint64),
         ("ts_ns", c_uint64),
         ("cgroup_id", c_uint64),

@@ -106,7 +106,9 @@ _SIGNATURES = {
     "bpf_object__next_map": (c_void_p, [c_void_p, c_void_p], None),
     "bpf_object__next_program": (c_void_p, [c_void_p, c_void_p], None),
     "bpf_program__name": (c_char_p, [c_void_p], None),
+    "bpf_program__section_name": (c_char_p, [c_void_p], None),
     "bpf_program__attach": (c_void_p, [c_void_p], _check_ptr),
+    "bpf_program__attach_uprobe_opts": (c_void_p, [c_void_p, c_int, c_char_p, c_size_t, c_void_p], _check_ptr),
     "bpf_program__fd": (c_int, [c_void_p], _check_int),
     "bpf_program__set_autoload": (c_int, [c_void_p, ctypes.c_bool], _check_int),
     "bpf_program__set_log_level": (c_int, [c_void_p, c_uint32], _check_int),
@@ -208,6 +210,19 @@ def datasec_variables(obj: int, section: str) -> dict[str, tuple[int, int]]:
         name = L.btf__name_by_offset(btf, ctypes.cast(var, POINTER(c_uint32)).contents.value)
         out[(name or b"").decode()] = (offset, size)
     return out
+
+
+class UprobeOpts(ctypes.Structure):
+    """struct bpf_uprobe_opts as of libbpf 0.8 (later versions accept this size)."""
+    _fields_ = [("sz", c_size_t), ("ref_ctr_offset", c_size_t), ("bpf_cookie", ctypes.c_uint64),
+                ("retprobe", ctypes.c_bool), ("func_name", c_char_p)]
+
+
+def attach_uprobe(prog: int, path: str, offset: int, cookie: int = 0, retprobe: bool = False, pid: int = -1) -> int:
+    """Attach `prog` at file offset `offset` of the ELF file `path` (a uprobe on the file's inode: every
+    process that maps it, now or later, unless `pid` names one); the link, to bpf_link__destroy."""
+    opts = UprobeOpts(sz=ctypes.sizeof(UprobeOpts), bpf_cookie=cookie, retprobe=retprobe)
+    return lib().bpf_program__attach_uprobe_opts(prog, pid, path.encode(), offset, ctypes.byref(opts))
 
 
 def map_lookup(fd: int, key: ctypes._SimpleCData | ctypes.Structure, value) -> bool:

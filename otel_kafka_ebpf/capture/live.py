@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Callable
 
-from .events import ExitEvent
+from .events import TLS_UNDECODED, ExitEvent, OpenEvent
 from .libbpf import map_delete, map_keys
 from .loader import HEADS, POLL_BATCH, CaptureProgram, CaptureSettings, ProgramRefused
 from .reassembly import StreamAssembler
@@ -20,6 +20,7 @@ from .streams import StreamEvent
 DRAIN_S = 2.0  # by default, at most this long to drain the ring buffer after a stop
 SWEEP_S = 10.0  # how often the kernel's fd verdicts of exited processes are dropped
 MISSED_CHECK_S = 1.0  # how often the kernel's count of skipped program runs is read
+TLS_SCAN_S = 2.0  # how often new processes are looked at for TLS libraries
 SWEEP_SHARE = 0.01  # and never more of the time than this (a host with many processes has many verdicts)
 
 
@@ -90,16 +91,21 @@ class LiveCapture:
         pending: deque[StreamEvent] = deque()
         exited: list[int] = []
 
+        tls_pids: set[int] = set()
+
         def on_event(raw) -> None:
             pending.extend(self.assembler.feed(raw))
             if isinstance(raw, ExitEvent):  # release the process's kernel state too
                 exited.append(raw.pid)
+            elif isinstance(raw, OpenEvent) and raw.tls == TLS_UNDECODED:
+                tls_pids.add(raw.pid)  # a TLS handshake whose plaintext no probe sees: its files now
 
         deadline = time.monotonic() + self.duration_s if self.duration_s else None
         def on_data_record(raw: bytes) -> None:
             pending.extend(self.assembler.feed_data_record(raw))
 
         next_sweep = time.monotonic() + SWEEP_S
+        next_tls_scan = time.monotonic() + TLS_SCAN_S
         next_missed_check = time.monotonic() + MISSED_CHECK_S
         missed_told = False
         with CaptureProgram(self.settings, on_event, on_data_record) as prog:
@@ -121,6 +127,14 @@ class LiveCapture:
                         self.on_poll()
                     while exited:
                         prog.forget_process(exited.pop())
+                    if prog.tls is not None and (tls_pids or time.monotonic() >= next_tls_scan):
+                        if tls_pids:
+                            prog.tls.scan(sorted(tls_pids))
+                            tls_pids.clear()
+                        else:
+                            began = time.monotonic()
+                            prog.tls.scan()
+                            next_tls_scan = began + max(TLS_SCAN_S, (time.monotonic() - began) / SWEEP_SHARE)
                     if not missed_told and time.monotonic() >= next_missed_check:
                         next_missed_check = time.monotonic() + MISSED_CHECK_S
                         missed = prog.missed_runs()

@@ -10,6 +10,7 @@ import ctypes
 import os
 import re
 import struct
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,6 +20,7 @@ from .layouts import layouts_for
 from .libbpf import (LibbpfError, datasec_variables, lib, map_delete, map_keys, map_lookup, map_update, struct_fields,
                      verifier_reason)
 from .ringbuf import RingBuffer
+from .tls import TlsAttacher
 
 OBJ_DIR = os.path.join(os.path.dirname(__file__), "obj")
 
@@ -50,12 +52,25 @@ class CaptureSettings:
     wakeup_bytes: int | None = None  # None: DEFAULT_WAKEUP_BYTES, at most a quarter of the ring buffer
     walker: str = "auto"  # auto: the frame walker, or the heads program if the kernel refuses it; heads: that only
     simulate_refusal: bool = False  # tests: the walker does what every verifier refuses, so the fallback runs
+    tls: bool = True  # uprobes on the TLS libraries processes map (OpenSSL, Go crypto/tls): their plaintext
 
 
 # The programs on the raw syscall exit: one of them is loaded. The frame walker (digest and full
 # modes), and the fallback a kernel that refuses the walker gets: frame heads only, no bpf_loop.
 WALKER, HEADS = "sys_exit", "sys_exit_heads"
 WALKERS = ("auto", "heads")
+
+
+def _twin(name: str, names: set[str]) -> str | None:
+    """Which of the walker/heads pair a program belongs to: the syscall exit programs, and every program
+    `X` with a twin `X_heads` (the TLS return probes): WALKER for X, HEADS for X_heads, None for the rest."""
+    if name in (WALKER, HEADS):
+        return name
+    if name.endswith("_heads") and name[:-len("_heads")] in names:
+        return HEADS
+    if name + "_heads" in names:
+        return WALKER
+    return None
 
 
 class CaptureError(Exception):
@@ -248,6 +263,7 @@ class CaptureProgram:
         self.program = WALKER  # the syscall exit program loaded
         self._prog_fds: list[int] = []  # the programs attached, for the kernel's count of their skipped runs
         self.refusal: ProgramRefused | None = None  # why the walker is not loaded, when it is not
+        self.tls: TlsAttacher | None = None  # the TLS probes, once attached
 
     # -- life cycle --------------------------------------------------------------------------
     def open(self) -> "CaptureProgram":
@@ -295,8 +311,9 @@ class CaptureProgram:
         try:
             self._obj = L.bpf_object__open_file(path.encode(), None)
             for name, prog in self._programs():
-                if name in (WALKER, HEADS):
-                    L.bpf_program__set_autoload(prog, name == program)
+                twin = _twin(name, self._names)
+                if twin is not None:
+                    L.bpf_program__set_autoload(prog, twin == program)
             self._configure()
             self._ask_for_stats()
             started = time.monotonic()
@@ -313,7 +330,7 @@ class CaptureProgram:
     def _open_maps(self) -> None:
         L = lib()
         for name in ("events", "counters", "conns", "pid_filter", "fd_verdicts", "listen_ports", "layouts",
-                     "layout_of", "pending"):
+                     "layout_of", "pending", "tls_attached"):
             self._maps[name] = L.bpf_map__fd(L.bpf_object__find_map_by_name(self._obj, name.encode()))
         self._ncpus = L.libbpf_num_possible_cpus()
 
@@ -368,6 +385,22 @@ class CaptureProgram:
             map_update(fd_layouts, ctypes.c_uint32(layout_id), value)
             map_update(fd_of, ctypes.c_uint32(ev.layout_key(*key)), ctypes.c_uint8(layout_id))
 
+    @property
+    def _names(self) -> set[str]:
+        return {name for name, _ in self._programs()}
+
+    def _loaded(self, name: str) -> bool:
+        """Whether `name` is loaded: one of each walker/heads pair is."""
+        twin = _twin(name, self._names)
+        return twin is None or twin == self.program
+
+    def program_named(self, name: str) -> int:
+        """A loaded program of the object, by name (the TLS attacher's way to its programs)."""
+        for n, prog in self._programs():
+            if n == name:
+                return prog
+        raise CaptureError(f"the BPF object has no program {name!r}")
+
     def _programs(self):
         L = lib()
         prog = L.bpf_object__next_program(self._obj, None)
@@ -381,7 +414,7 @@ class CaptureProgram:
         L = lib()
         self._logs.clear()
         for name, prog in self._programs():
-            if name in (WALKER, HEADS) and name != self.program:
+            if not self._loaded(name):
                 continue
             buf = ctypes.create_string_buffer(VERIFIER_LOG_BYTES)
             self._logs[name] = buf
@@ -408,15 +441,29 @@ class CaptureProgram:
     def _attach_all(self) -> None:
         L = lib()
         for name, prog in self._programs():
-            if name not in (WALKER, HEADS) or name == self.program:
-                self._links.append(L.bpf_program__attach(prog))
-                self._prog_fds.append(L.bpf_program__fd(prog))
+            if not self._loaded(name):
+                continue
+            if L.bpf_program__section_name(prog).startswith((b"uprobe", b"uretprobe")):
+                continue  # the TLS probes: on the files the TLS attacher finds
+            self._links.append(L.bpf_program__attach(prog))
+            self._prog_fds.append(L.bpf_program__fd(prog))
+        if self.settings.tls:
+            self.tls = TlsAttacher(self.program_named, self._maps["tls_attached"], heads=self.degraded,
+                                   pids=self.settings.pids, say=self._say)
+            self.tls.scan_system()
+            self.tls.scan()
+
+    def _say(self, line: str) -> None:
+        print(f"otel-kafka-ebpf: {line}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         L = lib()
         if self._rb:
             self._rb.close()
             self._rb = None
+        if self.tls is not None:
+            self.tls.close()
+            self.tls = None
         while self._links:
             L.bpf_link__destroy(self._links.pop())
         self._prog_fds.clear()
@@ -529,6 +576,8 @@ class CaptureProgram:
 
     def forget_process(self, pid: int) -> int:
         """Drop kernel state of an exited process's connections; returns entries removed."""
+        if self.tls is not None:
+            self.tls.forget(pid)
         removed = 0
         conns, pending = self._maps["conns"], self._maps["pending"]
         for key, conn_id in self._conns_of(pid):

@@ -144,6 +144,7 @@ class StreamAssembler:
             local_addr=_addr(e.family, bytes(e.local_addr)), local_port=e.local_port,
             remote_addr=_addr(e.family, bytes(e.remote_addr)), remote_port=e.remote_port,
             role=Role(e.role) if e.role in (0, 1, 2) else Role.UNKNOWN,
+            tls=ev.TLS_STACKS.get(e.tls, "undecoded"),
         )]
 
     def feed_data_record(self, raw: bytes) -> list[StreamEvent]:

@@ -89,7 +89,8 @@ def _encode(event: StreamEvent) -> dict:
         return {"t": "open", "c": event.conn_id, "ts": event.ts_ns, "pid": event.pid,
                 "tid": event.tid, "comm": event.comm, "cgroup": event.cgroup_id,
                 "netns": event.netns, "laddr": event.local_addr, "lport": event.local_port,
-                "raddr": event.remote_addr, "rport": event.remote_port, "role": int(event.role)}
+                "raddr": event.remote_addr, "rport": event.remote_port, "role": int(event.role),
+                **({"tls": event.tls} if event.tls else {})}
     if isinstance(event, ConnectionClosed):
         return {"t": "close", "c": event.conn_id, "ts": event.ts_ns}
     if isinstance(event, Annotation):
@@ -241,7 +242,8 @@ def _decode(obj) -> StreamEvent:
         return ConnectionOpened(_int(obj, "c"), _int(obj, "ts"), _int(obj, "pid", _U32), _int(obj, "tid", _U32),
                                 _str(obj, "comm", 256), _int(obj, "cgroup"), _int(obj, "netns"),
                                 _str(obj, "laddr", 64), _int(obj, "lport", 65535), _str(obj, "raddr", 64),
-                                _int(obj, "rport", 65535), _enum(obj, "role", Role))
+                                _int(obj, "rport", 65535), _enum(obj, "role", Role),
+                                _str(obj, "tls", 16) if "tls" in obj else "")
     if t == "close":
         return ConnectionClosed(_int(obj, "c"), _int(obj, "ts"))
     if t == "note":

@@ -60,6 +60,7 @@ class ConnectionOpened:
     remote_addr: str
     remote_port: int
     role: Role = Role.UNKNOWN
+    tls: str = ""  # whose TLS plaintext the stream is ("openssl", "go"); "undecoded": a TLS handshake, no plaintext
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 HEADER = ROOT / "bpf" / "capture.h"
 # limits Python uses; the others (iovecs walked, detection attempts, most map sizes...) stay the kernel's own
 MIRRORED_DEFINES = ("CHUNK_SIZE", "MAX_SKIPS", "COMM_LEN", "MAX_KAFKA_PORTS", "LAYOUT_OPS", "MAX_LAYOUTS", "MAX_DEPTH",
-                    "INFLIGHT", "RINGBUF_BYTES", "MAX_PIDS")
+                    "INFLIGHT", "RINGBUF_BYTES", "MAX_PIDS", "MAX_TLS_FILES", "TLS_COOKIE_EX")
 # enums whose every member Python must know: what the kernel writes into events
-MIRRORED_ENUMS = ("oke_event_type", "oke_gap_flag", "oke_data_flag", "oke_skip_reason", "oke_capture_mode")
+MIRRORED_ENUMS = ("oke_event_type", "oke_gap_flag", "oke_data_flag", "oke_skip_reason", "oke_capture_mode",
+                  "oke_tls_stack")
 
 
 def _value(expr: str) -> int:
