@@ -19,7 +19,7 @@ endif
 
 # Debian packages the build and the tests need (installed only when missing). The BPF compiler is
 # pinned (clang-19, Debian bookworm's 1:19.1.x): the object is built the same way on every machine.
-APT_PACKAGES := clang-19 llvm-19 libbpf-dev libbpf1 bpftool make tshark kcat iproute2 openjdk-17-jdk-headless maven
+APT_PACKAGES := clang-19 llvm-19 libbpf-dev libbpf1 bpftool make tshark kcat iproute2 openjdk-17-jdk-headless maven openssl
 STAMP := $(CACHE)/stamps
 
 .PHONY: help

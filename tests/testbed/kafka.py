@@ -44,7 +44,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
+from tests.testbed.tls import TlsFiles, handshake, make_tls_files
+
 KAFKA_VERSION = os.environ.get("OKE_KAFKA_VERSION", "4.2.1")
+DEFAULT_SASL_SSL_USERS = {"oke": "oke-secret"}   # SASL_SSL's users when sasl_plain_users has none
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 
 # Short names (as in Kafka's bin/ scripts) for the main classes run_tool() accepts.
@@ -516,13 +519,18 @@ class KafkaBroker(KafkaTools):
     signal to the thread that forked).
     sasl_plain_users: {user: password}: an extra SASL_PLAINTEXT listener with the PLAIN mechanism
     for these users (``sasl_bootstrap``); the PLAINTEXT listener stays as it is.
+    tls: True (a new CA and broker certificate in ``log_dir/tls``) or a TlsFiles: two more
+    listeners, SSL (``ssl_bootstrap``) and SASL_SSL with PLAIN (``sasl_ssl_bootstrap``, users
+    ``sasl_ssl_users``: sasl_plain_users, else one default user); clients trust
+    ``tls_files.ca``. Inter-broker traffic stays PLAINTEXT.
     """
 
     def __init__(self, port: int = 0, log_dir: str | os.PathLike | None = None,
                  advertised_port: int | None = None, heap: str = "512m",
                  startup_timeout: float = 120.0, extra_config: dict | None = None,
                  version: str = KAFKA_VERSION, daemon: bool = False, keep_dir: bool | None = None,
-                 node_id: int = 1, sasl_plain_users: dict[str, str] | None = None):
+                 node_id: int = 1, sasl_plain_users: dict[str, str] | None = None,
+                 tls: bool | TlsFiles = False):
         self.version = version
         self.node_id = node_id
         self.voters: str | None = None   # controller.quorum.voters, set by a KafkaCluster
@@ -542,6 +550,11 @@ class KafkaBroker(KafkaTools):
         self.cluster_id: str | None = None
         self.sasl_plain_users = dict(sasl_plain_users or {})
         self.sasl_port: int | None = None
+        self.tls = tls
+        self.sasl_ssl_users = dict(self.sasl_plain_users or DEFAULT_SASL_SSL_USERS) if tls else {}
+        self._tls_files: TlsFiles | None = tls if isinstance(tls, TlsFiles) else None
+        self.ssl_port: int | None = None
+        self.sasl_ssl_port: int | None = None
 
     # -- addresses
     @property
@@ -567,6 +580,25 @@ class KafkaBroker(KafkaTools):
         if not self.sasl_port:
             raise KafkaError("broker has no SASL listener (sasl_plain_users)")
         return f"127.0.0.1:{self.sasl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        if not self.ssl_port:
+            raise KafkaError("broker has no SSL listener (tls)")
+        return f"127.0.0.1:{self.ssl_port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        if not self.sasl_ssl_port:
+            raise KafkaError("broker has no SASL_SSL listener (tls)")
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
+    @property
+    def tls_files(self) -> TlsFiles:
+        """The CA (``.ca``) clients trust, and the broker's certificate and key."""
+        if self._tls_files is None:
+            raise KafkaError("broker has no TLS listeners (tls)")
+        return self._tls_files
 
     @property
     def data_dir(self) -> Path:
@@ -611,6 +643,12 @@ class KafkaBroker(KafkaTools):
             sasl = {"sasl.enabled.mechanisms": "PLAIN",
                     "listener.name.sasl.plain.sasl.jaas.config":
                         f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"}
+        if self.ssl_port:
+            listeners.append(f"SSL://127.0.0.1:{self.ssl_port}")
+            listeners.append(f"SASL_SSL://127.0.0.1:{self.sasl_ssl_port}")
+            advertised.append(f"SSL://127.0.0.1:{self.ssl_port}")
+            advertised.append(f"SASL_SSL://127.0.0.1:{self.sasl_ssl_port}")
+            protocols += ["SSL:SSL", "SASL_SSL:SASL_SSL"]
         props = {
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
@@ -639,8 +677,21 @@ class KafkaBroker(KafkaTools):
         else:
             props["controller.quorum.bootstrap.servers"] = f"127.0.0.1:{self.controller_port}"
         props.update(sasl)
+        if self.ssl_port:
+            props.update(self._tls_properties())
         props.update({k: str(v) for k, v in self.extra_config.items()})
         return "".join(f"{k}={v}\n" for k, v in props.items())
+
+    def _tls_properties(self) -> dict[str, str]:
+        """The SSL and SASL_SSL listeners' settings: a PEM keystore file (key, then chain)."""
+        keystore = {"ssl.keystore.type": "PEM", "ssl.keystore.location": str(self.tls_files.keystore)}
+        users = " ".join(f'user_{u}="{pw}"' for u, pw in self.sasl_ssl_users.items())
+        props = {"sasl.enabled.mechanisms": "PLAIN",
+                 "listener.name.sasl_ssl.plain.sasl.jaas.config":
+                     f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"}
+        for listener in ("ssl", "sasl_ssl"):
+            props.update({f"listener.name.{listener}.{k}": v for k, v in keystore.items()})
+        return props
 
     def _java(self, *args: str, jvm: Iterable[str] = ()) -> list[str]:
         return ["java", *jvm, f"-Dlog4j2.configurationFile={self.log_dir / 'log4j2.properties'}",
@@ -672,6 +723,10 @@ class KafkaBroker(KafkaTools):
         self.controller_port = free_port()
         self.direct_port = free_port() if self.advertised_port else None
         self.sasl_port = free_port() if self.sasl_plain_users else None
+        if self.tls:
+            if not isinstance(self.tls, TlsFiles):
+                self._tls_files = make_tls_files(self.log_dir / "tls")
+            self.ssl_port, self.sasl_ssl_port = free_port(), free_port()
 
     def _format(self) -> None:
         """Write the configuration and format the storage (kafka-storage format)."""
@@ -708,6 +763,8 @@ class KafkaBroker(KafkaTools):
     def _wait_ready(self) -> None:
         def probe():
             apis = self.api_versions(timeout=2.0)
+            if self.ssl_port:   # the TLS listener serves (whatever names a given certificate has)
+                handshake("127.0.0.1", self.ssl_port, self.tls_files.ca, timeout=2.0, check_hostname=False)
             return (0 in apis and 1 in apis) or f"ApiVersions lacks Produce/Fetch: {sorted(apis)}"
         wait_ready(f"Kafka on {self.bootstrap}", self.proc, probe, self.startup_timeout, self._diagnostics)
 

@@ -34,6 +34,7 @@ from typing import Any, Iterable
 
 CLIENTS = ("java", "go", "confluent", "kafkapython")
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -566,6 +567,10 @@ def contract_parser(client: str) -> argparse.ArgumentParser:
     p.add_argument("--hang-s", type=float, default=0)
     p.add_argument("--fetch-max-bytes", type=int, default=0)
     p.add_argument("--max-partition-fetch-bytes", type=int, default=0)
+    p.add_argument("--security-protocol", choices=SECURITY_PROTOCOLS, default="PLAINTEXT")
+    p.add_argument("--ca-file")
+    p.add_argument("--sasl-user")
+    p.add_argument("--sasl-password", default="")
     return p
 
 
@@ -581,6 +586,8 @@ def parse_contract_args(client: str, argv: list[str] | None = None) -> argparse.
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
     if a.timeout_s <= 0:
         raise UsageError("--timeout-s must be > 0")
+    if a.security_protocol.startswith("SASL_") and not a.sasl_user:
+        raise UsageError(f"--security-protocol {a.security_protocol} needs --sasl-user")
     if a.group is None:
         a.group = f"{a.topic}-group"
     a.deadline = time.monotonic() + a.timeout_s

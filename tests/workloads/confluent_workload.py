@@ -23,9 +23,21 @@ CLIENT = "confluent"
 VERSION = f"{confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})"
 
 
+def security(args) -> dict:
+    """--security-protocol, --ca-file and --sasl-user/--sasl-password as librdkafka settings."""
+    conf = {"security.protocol": args.security_protocol}
+    if args.ca_file:
+        conf["ssl.ca.location"] = args.ca_file
+    if args.security_protocol.startswith("SASL_"):
+        conf.update({"sasl.mechanisms": "PLAIN", "sasl.username": args.sasl_user,
+                     "sasl.password": args.sasl_password})
+    return conf
+
+
 def prepare_topic(args) -> dict[int, int]:
     """Create the topic if missing; return each partition's end offset before this run."""
-    admin = AdminClient({"bootstrap.servers": args.bootstrap, "client.id": args.client_id + "-admin"})
+    admin = AdminClient({"bootstrap.servers": args.bootstrap, "client.id": args.client_id + "-admin",
+                         **security(args)})
     fut = admin.create_topics([NewTopic(args.topic, num_partitions=args.partitions,
                                         replication_factor=1)],
                               operation_timeout=min(30.0, remaining(args)))[args.topic]
@@ -62,6 +74,7 @@ def produce(args, truth, counts) -> None:
         "acks": args.acks,
         "linger.ms": args.linger_ms,
         "batch.size": args.batch_size,
+        **security(args),
     }
     if args.transactional:
         conf["transactional.id"] = args.client_id + "-tx"
@@ -130,6 +143,7 @@ def consume(args, truth, counts, want: int, start: dict[int, int] | None) -> Non
         "enable.auto.commit": True,
         "auto.commit.interval.ms": 1000,
         "isolation.level": "read_committed" if args.transactional else "read_uncommitted",
+        **security(args),
     }
     # librdkafka raises fetch.max.bytes to at least max.partition.fetch.bytes (its fetch.message.max.bytes), and
     # wants it at least message.max.bytes (at least 1000)

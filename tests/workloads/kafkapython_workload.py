@@ -44,10 +44,22 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def security(args) -> dict:
+    """--security-protocol, --ca-file and --sasl-user/--sasl-password as kafka-python settings
+    (TLS through Python's ssl module, hostnames checked)."""
+    conf = {"security_protocol": args.security_protocol}
+    if args.ca_file:
+        conf["ssl_cafile"] = args.ca_file
+    if args.security_protocol.startswith("SASL_"):
+        conf.update(sasl_mechanism="PLAIN", sasl_plain_username=args.sasl_user,
+                    sasl_plain_password=args.sasl_password)
+    return conf
+
+
 def prepare_topic(args) -> dict[int, int]:
     """Create the topic if missing; return each partition's end offset before this run."""
     admin = KafkaAdminClient(bootstrap_servers=args.bootstrap, client_id=args.client_id + "-admin",
-                             request_timeout_ms=_ms(min(30.0, remaining(args))))
+                             request_timeout_ms=_ms(min(30.0, remaining(args))), **security(args))
     try:
         result = admin.create_topics(
             {args.topic: {"num_partitions": args.partitions, "replication_factor": 1}},
@@ -60,7 +72,7 @@ def prepare_topic(args) -> dict[int, int]:
     finally:
         admin.close()
     probe = KafkaConsumer(bootstrap_servers=args.bootstrap, client_id=args.client_id + "-admin",
-                          request_timeout_ms=_ms(min(30.0, remaining(args))))
+                          request_timeout_ms=_ms(min(30.0, remaining(args))), **security(args))
     try:
         while True:
             parts = probe.partitions_for_topic(args.topic)
@@ -83,6 +95,7 @@ def produce(args, truth, counts) -> None:
         acks={"0": 0, "1": 1, "all": "all"}[args.acks],
         linger_ms=args.linger_ms,
         batch_size=args.batch_size,
+        **security(args),
     )
     if args.transactional:
         conf["transactional_id"] = args.client_id + "-tx"
@@ -157,6 +170,7 @@ def consume(args, truth, counts, want: int, start: dict[int, int] | None) -> Non
         isolation_level="read_committed" if args.transactional else "read_uncommitted",
         **({"fetch_max_bytes": args.fetch_max_bytes} if args.fetch_max_bytes else {}),
         **({"max_partition_fetch_bytes": args.max_partition_fetch_bytes} if args.max_partition_fetch_bytes else {}),
+        **security(args),
     )
     client_id = args.client_id + "-c"
     try:

@@ -9,6 +9,8 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -24,6 +26,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
 )
 
 const clientName = "go"
@@ -62,6 +65,11 @@ type options struct {
 	hangS         float64
 	fetchMaxBytes int
 	partFetchMax  int
+	securityProto string
+	caFile        string
+	saslUser      string
+	saslPassword  string
+	tlsConfig     *tls.Config // SSL, SASL_SSL: trusts --ca-file (else the system's roots)
 }
 
 // exitErr carries the exit code a failure maps to.
@@ -103,6 +111,10 @@ func parseOptions(args []string) (*options, error) {
 	fs.Float64Var(&o.hangS, "hang-s", 0, "how long the handler hangs (0: until killed)")
 	fs.IntVar(&o.fetchMaxBytes, "fetch-max-bytes", 0, "the consumer's bound on a fetch response (0: the client's default)")
 	fs.IntVar(&o.partFetchMax, "max-partition-fetch-bytes", 0, "and on each partition in it (0: the client's default)")
+	fs.StringVar(&o.securityProto, "security-protocol", "PLAINTEXT", "PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL")
+	fs.StringVar(&o.caFile, "ca-file", "", "PEM CA certificate(s) to trust (SSL, SASL_SSL)")
+	fs.StringVar(&o.saslUser, "sasl-user", "", "SASL/PLAIN user (SASL_PLAINTEXT, SASL_SSL)")
+	fs.StringVar(&o.saslPassword, "sasl-password", "", "SASL/PLAIN password")
 	fs.StringVar(&o.out, "out", "", "ground truth file (JSON lines, required)")
 	if err := fs.Parse(args); err != nil {
 		return nil, fail(exitError, "%v", err)
@@ -150,6 +162,25 @@ func parseOptions(args []string) (*options, error) {
 	}
 	if !oneOf(o.groupProtocol, "classic", "consumer") {
 		return nil, fail(exitError, "--group-protocol must be classic|consumer, not %q", o.groupProtocol)
+	}
+	if !oneOf(o.securityProto, "PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL") {
+		return nil, fail(exitError, "--security-protocol must be PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL, not %q", o.securityProto)
+	}
+	if strings.HasPrefix(o.securityProto, "SASL_") && o.saslUser == "" {
+		return nil, fail(exitError, "--security-protocol %s needs --sasl-user", o.securityProto)
+	}
+	if strings.HasSuffix(o.securityProto, "SSL") {
+		o.tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		if o.caFile != "" {
+			pem, err := os.ReadFile(o.caFile)
+			if err != nil {
+				return nil, fail(exitError, "--ca-file: %v", err)
+			}
+			o.tlsConfig.RootCAs = x509.NewCertPool()
+			if !o.tlsConfig.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fail(exitError, "--ca-file %s holds no PEM certificate", o.caFile)
+			}
+		}
 	}
 	if o.group == "" {
 		o.group = o.topic + "-group"
@@ -348,9 +379,22 @@ func work(ctx context.Context, o *options, t *truth) (produced, consumed int, er
 	return produced, consumed, err
 }
 
+// connOptions are the brokers and how to reach them: TLS (franz-go sets ServerName to the
+// address dialed, so the certificate is checked against 127.0.0.1) and SASL/PLAIN.
+func connOptions(o *options) []kgo.Opt {
+	opts := []kgo.Opt{kgo.SeedBrokers(strings.Split(o.bootstrap, ",")...)}
+	if o.tlsConfig != nil {
+		opts = append(opts, kgo.DialTLSConfig(o.tlsConfig))
+	}
+	if strings.HasPrefix(o.securityProto, "SASL_") {
+		opts = append(opts, kgo.SASL(plain.Auth{User: o.saslUser, Pass: o.saslPassword}.AsMechanism()))
+	}
+	return opts
+}
+
 // prepareTopic creates the topic if missing and returns the partitions' end offsets.
 func prepareTopic(ctx context.Context, o *options) (map[int32]int64, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(o.bootstrap, ",")...), kgo.ClientID(o.clientID+"-admin"))
+	cl, err := kgo.NewClient(append(connOptions(o), kgo.ClientID(o.clientID+"-admin"))...)
 	if err != nil {
 		return nil, fail(exitError, "admin client: %v", err)
 	}
@@ -385,13 +429,12 @@ func prepareTopic(ctx context.Context, o *options) (map[int32]int64, error) {
 }
 
 func producerOptions(o *options) []kgo.Opt {
-	opts := []kgo.Opt{
-		kgo.SeedBrokers(strings.Split(o.bootstrap, ",")...),
-		kgo.ClientID(o.clientID + "-p"),
+	opts := append(connOptions(o),
+		kgo.ClientID(o.clientID+"-p"),
 		kgo.DefaultProduceTopic(o.topic),
-		kgo.ProducerLinger(time.Duration(o.lingerMs) * time.Millisecond),
+		kgo.ProducerLinger(time.Duration(o.lingerMs)*time.Millisecond),
 		kgo.ProducerBatchMaxBytes(int32(o.batchSize)),
-	}
+	)
 	switch o.compression {
 	case "none":
 		opts = append(opts, kgo.ProducerBatchCompression(kgo.NoCompression()))
@@ -519,14 +562,13 @@ func produce(ctx context.Context, o *options, t *truth) (int, error) {
 }
 
 func consumerOptions(o *options) []kgo.Opt {
-	opts := []kgo.Opt{
-		kgo.SeedBrokers(strings.Split(o.bootstrap, ",")...),
-		kgo.ClientID(o.clientID + "-c"),
+	opts := append(connOptions(o),
+		kgo.ClientID(o.clientID+"-c"),
 		kgo.ConsumerGroup(o.group),
 		kgo.ConsumeTopics(o.topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.AutoCommitInterval(time.Second),
-	}
+	)
 	if o.groupProtocol == "consumer" {
 		// KIP-848: the broker assigns partitions ("uniform" assignor for the sticky balancer).
 		opts = append(opts, kgo.Balancers(kgo.CooperativeStickyBalancer()), kgo.ServerSideBalancer())

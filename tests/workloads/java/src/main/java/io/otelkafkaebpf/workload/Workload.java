@@ -21,6 +21,7 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicReference;
 
+import org.apache.kafka.clients.CommonClientConfigs;
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.AdminClientConfig;
 import org.apache.kafka.clients.admin.ListOffsetsResult;
@@ -36,6 +37,8 @@ import org.apache.kafka.clients.producer.ProducerConfig;
 import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.TopicPartitionInfo;
+import org.apache.kafka.common.config.SaslConfigs;
+import org.apache.kafka.common.config.SslConfigs;
 import org.apache.kafka.common.errors.TopicExistsException;
 import org.apache.kafka.common.header.Header;
 import org.apache.kafka.common.header.internals.RecordHeader;
@@ -76,6 +79,7 @@ public final class Workload {
         double rate = 0, timeoutS = 60, processMs = 0, hangS = 0;
         String compression = "none", acks = "all", mode = "both", group, groupProtocol = "classic";
         String clientId = "okw-" + CLIENT;
+        String securityProtocol = "PLAINTEXT", caFile, saslUser, saslPassword = "";
         boolean transactional, headers;
 
         static Options parse(String[] args) throws Fail {
@@ -121,6 +125,10 @@ public final class Workload {
                     case "--hang-s": o.hangS = number(a, v); break;
                     case "--fetch-max-bytes": o.fetchMaxBytes = integer(a, v); break;
                     case "--max-partition-fetch-bytes": o.maxPartitionFetchBytes = integer(a, v); break;
+                    case "--security-protocol": o.securityProtocol = v; break;
+                    case "--ca-file": o.caFile = v; break;
+                    case "--sasl-user": o.saslUser = v; break;
+                    case "--sasl-password": o.saslPassword = v; break;
                     default: throw new Fail(EXIT_ERROR, "unknown option " + a);
                 }
             }
@@ -141,6 +149,9 @@ public final class Workload {
             oneOf("--acks", o.acks, "0", "1", "all");
             oneOf("--mode", o.mode, "produce", "consume", "both");
             oneOf("--group-protocol", o.groupProtocol, "classic", "consumer");
+            oneOf("--security-protocol", o.securityProtocol, "PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL");
+            if (o.securityProtocol.startsWith("SASL_") && (o.saslUser == null || o.saslUser.isEmpty()))
+                throw new Fail(EXIT_ERROR, "--security-protocol " + o.securityProtocol + " needs --sasl-user");
             if (o.group == null || o.group.isEmpty()) o.group = o.topic + "-group";
             if (o.transactional && !o.acks.equals("all")) {
                 // Transactions need the idempotent producer, which needs acks=all.
@@ -359,7 +370,23 @@ public final class Workload {
         Properties p = new Properties();
         p.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, o.bootstrap);
         p.put(AdminClientConfig.CLIENT_ID_CONFIG, clientId);
+        // TLS: a PEM truststore (the CA file itself); hostname verification stays on (the default "https").
+        p.put(CommonClientConfigs.SECURITY_PROTOCOL_CONFIG, o.securityProtocol);
+        if (o.caFile != null && !o.caFile.isEmpty()) {
+            p.put(SslConfigs.SSL_TRUSTSTORE_TYPE_CONFIG, "PEM");
+            p.put(SslConfigs.SSL_TRUSTSTORE_LOCATION_CONFIG, o.caFile);
+        }
+        if (o.securityProtocol.startsWith("SASL_")) {
+            p.put(SaslConfigs.SASL_MECHANISM, "PLAIN");
+            p.put(SaslConfigs.SASL_JAAS_CONFIG, "org.apache.kafka.common.security.plain.PlainLoginModule required"
+                    + " username=\"" + jaasEscape(o.saslUser) + "\" password=\"" + jaasEscape(o.saslPassword) + "\";");
+        }
         return p;
+    }
+
+    /** A JAAS option value between double quotes. */
+    static String jaasEscape(String s) {
+        return s.replace("\\", "\\\\").replace("\"", "\\\"");
     }
 
     /** Creates the topic if missing; returns the partitions' end offsets once all have a leader. */
