@@ -89,11 +89,12 @@ _CORE = object()  # connections' entry while the core has them
 class CoreStreamDecoder:
     """All connections of a capture, the plain ones in the compiled core: stream events in, `KafkaPair`s out."""
 
-    def __init__(self) -> None:
+    def __init__(self, opened: dict[int, ConnectionOpened] | None = None) -> None:
+        """`opened`: the table of open connections to keep (shared with the correlator), else a new one."""
         if _core is None:
             raise RuntimeError(CORE_MISSING)
         self.connections: dict[int, object] = {}  # conn id -> _CORE or its KafkaConnection, in the order seen
-        self.opened: dict[int, ConnectionOpened] = {}
+        self.opened: dict[int, ConnectionOpened] = {} if opened is None else opened
         self.stats: Counter = Counter()
         self.core = _core.Core(_parts(self.stats), self.stats)
         self.handed_over = 0  # connections the core gave to the Python decoder
@@ -200,17 +201,18 @@ class CoreStreamDecoder:
         return conn
 
 
-def make_decoder(choice: str = "auto"):
-    """The stream decoder for `--decoder`: (decoder, a line to tell the user or None)."""
+def make_decoder(choice: str = "auto", opened: dict[int, ConnectionOpened] | None = None):
+    """The stream decoder for `--decoder`: (decoder, a line to tell the user or None). `opened`: the table of
+    open connections it keeps (shared with the correlator), else a new one."""
     if choice not in DECODERS:
         raise ValueError(f"decoder {choice!r}: expected one of {', '.join(DECODERS)}")
     if choice == "python":
-        return kc.KafkaStreamDecoder(), None
+        return kc.KafkaStreamDecoder(opened), None
     if _core is None:
         if choice == "core":
             raise RuntimeError(CORE_MISSING)
-        return kc.KafkaStreamDecoder(), f"decoder = python: {CORE_MISSING}"
-    return CoreStreamDecoder(), None
+        return kc.KafkaStreamDecoder(opened), f"decoder = python: {CORE_MISSING}"
+    return CoreStreamDecoder(opened), None
 
 
 _choice = os.environ.get(ENV, "auto")
@@ -225,9 +227,10 @@ def set_choice(choice: str) -> None:
     _choice = choice
 
 
-def pipeline_decoder():
-    """The decoder of the chosen kind (OKE_DECODER, `--decoder`); without the core, one line says so, once."""
-    decoder, note = make_decoder(_choice if _choice in DECODERS else "auto")
+def pipeline_decoder(opened: dict[int, ConnectionOpened] | None = None):
+    """The decoder of the chosen kind (OKE_DECODER, `--decoder`); without the core, one line says so, once.
+    `opened`: the table of open connections it keeps (shared with the correlator), else a new one."""
+    decoder, note = make_decoder(_choice if _choice in DECODERS else "auto", opened)
     if note and not _told:
         def first_feed(event):  # said with the first event decoded, not before a command's own errors
             global _told

@@ -74,9 +74,12 @@ class Pipeline:
                  correlator: Correlator | None = None, broker_traffic: bool = False,
                  on_annotation: Callable[[Annotation], None] | None = None, lookup=None,
                  discover_metadata: bool = True, poll_high_watermarks: bool = True) -> None:
-        self.decoder = pipeline_decoder()  # fastpath: the compiled core, or the Python decoder (--decoder)
-        self.correlator = correlator or Correlator()
-        self.correlator.connections = self.decoder.opened  # one table of open connections
+        self.correlator = correlator if correlator is not None else Correlator()
+        # One table of open connections, given to each part at its construction: the correlator's (its own, or
+        # the one it was built with) is the one the decoder fills and the pair sinks read.
+        self.connections: dict[int, ConnectionOpened] = self.correlator.connections
+        # fastpath: the compiled core, or the Python decoder (--decoder)
+        self.decoder = pipeline_decoder(self.connections)
         self.processes = processes or ProcessDirectory()
         self.broker_traffic = broker_traffic
         self.on_annotation = on_annotation
@@ -125,7 +128,7 @@ class Pipeline:
         if pairs:
             self._pairs(pairs)
         if kind is ConnectionClosed:
-            self.decoder.opened.pop(event.conn_id, None)
+            self.connections.pop(event.conn_id, None)
             self.correlator.connection_closed(event.conn_id, ts)
         if self.now_ns >= self._next_tick:
             self.tick(self.now_ns)
@@ -255,7 +258,7 @@ class Pipeline:
 
     def _pairs(self, pairs) -> None:
         correlator = self.correlator
-        opened = self.decoder.opened
+        opened = self.connections
         pair_sinks = self._pair_sinks
         for pair in pairs:
             batches = correlator.on_pair(pair)
@@ -278,7 +281,7 @@ def run_trace(events: Iterable[StreamEvent], args: argparse.Namespace, out: Text
               processes: ProcessDirectory | None = None, broker_traffic: bool = False) -> int:
     """`trace` and `replay`: print the pairs of `events`."""
     pipeline = Pipeline(processes=processes, broker_traffic=broker_traffic)
-    pipeline.add_sink(PairPrinter(args, out, pipeline.correlator.topics, pipeline.decoder.opened))
+    pipeline.add_sink(PairPrinter(args, out, pipeline.correlator.topics, pipeline.connections))
     as_json = bool(getattr(args, "json", False))
     pipeline.on_tls_undecoded = lambda r: out.write((json.dumps(r.to_dict()) if as_json else r.text()) + "\n")
     try:

@@ -63,6 +63,14 @@ struct Dir {
     frames: u64,
 }
 
+impl Dir {
+    /// Bytes of the frame being assembled, kept with where and when they came.
+    fn keep(&mut self, off: u64, data: &[u8], ts: i64, last: i64) {
+        self.pend.extend_from_slice(data);
+        self.pieces.push(Piece { off, ts, last, len: data.len() });
+    }
+}
+
 struct Conn {
     server: bool,
     dirs: [Dir; 2], // [requests, responses]
@@ -126,9 +134,7 @@ impl Ctx {
             }
             None
         } else {
-            let s = r.p;
-            r.take(n as usize)?;
-            Some((s, s + n as usize))
+            Some(r.span(n as usize)?)
         };
         if (0..256).contains(&api) {
             let first = self.flexible_from[api as usize];
@@ -178,6 +184,17 @@ impl Ctx {
 
     fn unanswered(&mut self, py: Python<'_>, conn_id: u64, p: &Pending, reason: PyObject) -> PyResult<()> {
         self.pair(py, conn_id, p, py.None(), py.None(), reason, py.None(), py.None())
+    }
+
+    /// A whole frame of one direction: a request (`is_req`) or a response.
+    #[allow(clippy::too_many_arguments)]
+    fn on_frame(&mut self, py: Python<'_>, is_req: bool, conn_id: u64, conn: &mut Conn, payload: &[u8], first: i64,
+                last: i64, skips: &[(u32, u32)]) -> PyResult<()> {
+        if is_req {
+            self.on_request(py, conn_id, conn, payload, first, last, skips)
+        } else {
+            self.on_response(py, conn_id, conn, payload, first, last, skips)
+        }
     }
 
     fn on_request(&mut self, py: Python<'_>, conn_id: u64, conn: &mut Conn, payload: &[u8], first: i64, last: i64,
@@ -462,11 +479,7 @@ impl Core {
             let d = &mut conn.dirs[di];
             d.end += 4 + size as u64;
             d.frames += 1;
-            if is_req {
-                ctx.on_request(py, conn_id, conn, &data[4..], ts_ns, last, &shifted)?;
-            } else {
-                ctx.on_response(py, conn_id, conn, &data[4..], ts_ns, last, &shifted)?;
-            }
+            ctx.on_frame(py, is_req, conn_id, conn, &data[4..], ts_ns, last, &shifted)?;
             return Ok(Some(take_out(py, ctx)));
         }
         if n == 0 {
@@ -535,8 +548,7 @@ impl Core {
         d.end += n as u64;
         d.frames += plan.len() as u64;
         if absorb_all {
-            d.pend.extend_from_slice(data);
-            d.pieces.push(Piece { off: offset, ts: ts_ns, last, len: n });
+            d.keep(offset, data, ts_ns, last);
             return Ok(Some(PyList::empty_bound(py).into_any().unbind()));
         }
         if matches!(plan.first(), Some(Src::Joined(_))) {
@@ -544,25 +556,12 @@ impl Core {
             d.pieces.clear();
         }
         if pos < n {
-            d.pend.extend_from_slice(&data[pos..]);
-            d.pieces.push(Piece { off: offset + pos as u64, ts: ts_ns, last, len: n - pos });
+            d.keep(offset + pos as u64, &data[pos..], ts_ns, last);
         }
         for src in plan {
             match src {
-                Src::Joined(p) => {
-                    if is_req {
-                        ctx.on_request(py, conn_id, conn, &p, first_pend_ts, last, &[])?;
-                    } else {
-                        ctx.on_response(py, conn_id, conn, &p, first_pend_ts, last, &[])?;
-                    }
-                }
-                Src::Slice(s, e) => {
-                    if is_req {
-                        ctx.on_request(py, conn_id, conn, &data[s..e], ts_ns, last, &[])?;
-                    } else {
-                        ctx.on_response(py, conn_id, conn, &data[s..e], ts_ns, last, &[])?;
-                    }
-                }
+                Src::Joined(p) => ctx.on_frame(py, is_req, conn_id, conn, &p, first_pend_ts, last, &[])?,
+                Src::Slice(s, e) => ctx.on_frame(py, is_req, conn_id, conn, &data[s..e], ts_ns, last, &[])?,
             }
         }
         Ok(Some(take_out(py, ctx)))

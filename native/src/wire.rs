@@ -26,9 +26,7 @@ macro_rules! be {
     ($name:ident, $t:ty, $n:expr) => {
         #[inline]
         pub fn $name(&mut self) -> R<$t> {
-            let s = self.b.get(self.p..self.p + $n).ok_or(Bad)?;
-            self.p += $n;
-            Ok(<$t>::from_be_bytes(s.try_into().map_err(|_| Bad)?))
+            Ok(<$t>::from_be_bytes(self.take($n)?.try_into().map_err(|_| Bad)?))
         }
     };
 }
@@ -41,17 +39,33 @@ impl<'a> Rd<'a> {
     be!(i32, i32, 4);
     be!(u32, u32, 4);
     be!(i64, i64, 8);
+    /// One byte, the cursor past it.
     #[inline]
-    pub fn i8(&mut self) -> R<i8> {
-        let v = *self.b.get(self.p).ok_or(Bad)? as i8;
+    pub fn u8(&mut self) -> R<u8> {
+        let v = *self.b.get(self.p).ok_or(Bad)?;
         self.p += 1;
         Ok(v)
     }
     #[inline]
+    pub fn i8(&mut self) -> R<i8> {
+        Ok(self.u8()? as i8)
+    }
+    /// The bounds (start, end) of the next `n` bytes, the cursor past them: the one place a read of
+    /// several bytes checks the end of the buffer and moves the cursor.
+    #[inline]
+    pub fn span(&mut self, n: usize) -> R<(usize, usize)> {
+        let start = self.p;
+        let end = start.checked_add(n).ok_or(Bad)?;
+        if end > self.b.len() {
+            return Err(Bad);
+        }
+        self.p = end;
+        Ok((start, end))
+    }
+    #[inline]
     pub fn take(&mut self, n: usize) -> R<&'a [u8]> {
-        let s = self.b.get(self.p..self.p.checked_add(n).ok_or(Bad)?).ok_or(Bad)?;
-        self.p += n;
-        Ok(s)
+        let (start, end) = self.span(n)?;
+        Ok(&self.b[start..end])
     }
     /// Unsigned LEB128 of at most 5 bytes (primitives.read_uvarint).
     #[inline]
@@ -59,8 +73,7 @@ impl<'a> Rd<'a> {
         let mut result: u64 = 0;
         let mut shift = 0;
         loop {
-            let b = *self.b.get(self.p).ok_or(Bad)?;
-            self.p += 1;
+            let b = self.u8()?;
             result |= ((b & 0x7f) as u64) << shift;
             if b < 0x80 {
                 return Ok(result);
@@ -139,27 +152,24 @@ impl<'a> Rd<'a> {
             Ok(())
         }
     }
+    /// A bytes field's length: uvarint(length + 1) when flexible, else int32; -1 is null.
+    pub fn bytes_len(&mut self, flex: bool) -> R<i64> {
+        if flex {
+            return Ok(self.uvarint()? as i64 - 1);
+        }
+        let n = self.i32()? as i64;
+        if n < -1 {
+            return Err(Bad);
+        }
+        Ok(n)
+    }
     /// A bytes field: Some((start, end)) of its bytes, None when null.
     pub fn bytes_range(&mut self, flex: bool) -> R<Option<(usize, usize)>> {
-        let n: i64 = if flex {
-            self.uvarint()? as i64 - 1
-        } else {
-            let n = self.i32()? as i64;
-            if n < -1 {
-                return Err(Bad);
-            }
-            n
-        };
+        let n = self.bytes_len(flex)?;
         if n < 0 {
             return Ok(None);
         }
-        let start = self.p;
-        let end = start.checked_add(n as usize).ok_or(Bad)?;
-        if end > self.b.len() {
-            return Err(Bad);
-        }
-        self.p = end;
-        Ok(Some((start, end)))
+        self.span(n as usize).map(Some)
     }
     pub fn end(&self) -> R<()> {
         if self.p == self.b.len() {
@@ -167,6 +177,17 @@ impl<'a> Rd<'a> {
         } else {
             Err(Bad)
         }
+    }
+    /// The end of a body: its tagged fields when flexible, then nothing left.
+    pub fn finish(&mut self, flex: bool) -> R<()> {
+        self.tags_if(flex)?;
+        self.end()
+    }
+    /// A reader at a response's body: after its correlation id and, when flexible, the header's tagged fields.
+    pub fn response_body(b: &'a [u8], flex: bool) -> R<Self> {
+        let mut r = Rd::new(b, 4);
+        r.tags_if(flex)?; // response header v1
+        Ok(r)
     }
 }
 
@@ -306,15 +327,7 @@ impl Classes {
 
     /// records.Holes.read_records: a records field of a digest frame
     fn read_holes(&self, py: Python<'_>, r: &mut Rd, flex: bool, holes: &mut Holes) -> R<(PyObject, i64)> {
-        let n: i64 = if flex {
-            r.uvarint()? as i64 - 1
-        } else {
-            let n = r.i32()? as i64;
-            if n < -1 {
-                return Err(Bad);
-            }
-            n
-        };
+        let n = r.bytes_len(flex)?;
         let list = PyList::empty_bound(py);
         if n <= 0 {
             return Ok((list.into_any().unbind(), n.max(0)));
@@ -378,6 +391,15 @@ impl Classes {
         Ok((list.into_any().unbind(), n))
     }
 
+    /// A partition's records field: its batches read around the digest's holes, or from its bytes.
+    fn records(&self, py: Python<'_>, r: &mut Rd, flex: bool, holes: &mut Holes) -> R<(PyObject, i64)> {
+        if !holes.skips.is_empty() {
+            return self.read_holes(py, r, flex, holes);
+        }
+        let range = r.bytes_range(flex)?;
+        self.read_batches(py, r.b, range)
+    }
+
     pub fn produce_request(&mut self, py: Python<'_>, buf: &[u8], pos: usize, version: i16, skips: &[(u32, u32)])
                            -> R<(PyObject, i16)> {
         let flex = version >= 9;
@@ -395,12 +417,7 @@ impl Classes {
             let n_parts = r.alen(flex)?;
             for _ in 0..n_parts.max(0) {
                 let index = r.i32()?;
-                let (batches, size) = if !skips.is_empty() {
-                    self.read_holes(py, &mut r, flex, &mut holes)?
-                } else {
-                    let range = r.bytes_range(flex)?;
-                    self.read_batches(py, buf, range)?
-                };
+                let (batches, size) = self.records(py, &mut r, flex, &mut holes)?;
                 r.tags_if(flex)?;
                 let p = nt(py, &self.produce_request_partition,
                            [topic.clone_ref(py), topic_id.clone_ref(py), index.into_py(py), batches, size.into_py(py)])
@@ -409,11 +426,8 @@ impl Classes {
             }
             r.tags_if(flex)?;
         }
-        r.tags_if(flex)?;
-        r.end()?;
-        if holes.k != skips.len() {
-            return Err(Bad);
-        }
+        r.finish(flex)?;
+        holes.all_read()?;
         let req = nt(py, &self.produce_request, [txn, acks.into_py(py), timeout.into_py(py), parts.into_any().unbind()])
             .map_err(|_| Bad)?;
         Ok((req, acks))
@@ -422,10 +436,7 @@ impl Classes {
     pub fn produce_response(&mut self, py: Python<'_>, buf: &[u8], version: i16) -> R<PyObject> {
         let flex = version >= 9;
         let ids = version >= 13;
-        let mut r = Rd::new(buf, 4);
-        if flex {
-            r.skip_tags()?; // response header v1
-        }
+        let mut r = Rd::response_body(buf, flex)?;
         let parts = PyList::empty_bound(py);
         let n_topics = r.alen(flex)?;
         for _ in 0..n_topics.max(0) {
@@ -462,8 +473,7 @@ impl Classes {
             r.tags_if(flex)?;
         }
         let throttle = if version >= 1 { r.i32()? } else { 0 };
-        r.tags_if(flex)?;
-        r.end()?;
+        r.finish(flex)?;
         nt(py, &self.produce_response, [parts.into_any().unbind(), throttle.into_py(py)]).map_err(|_| Bad)
     }
 
@@ -530,8 +540,7 @@ impl Classes {
         } else {
             py.None()
         };
-        r.tags_if(flex)?;
-        r.end()?;
+        r.finish(flex)?;
         nt(py, &self.fetch_request, [
             replica_id.into_py(py), max_wait.into_py(py), min_bytes.into_py(py), max_bytes.into_py(py), isolation,
             session_id.into_py(py), session_epoch.into_py(py), parts.into_any().unbind(),
@@ -543,10 +552,7 @@ impl Classes {
     pub fn fetch_response(&mut self, py: Python<'_>, buf: &[u8], version: i16, skips: &[(u32, u32)]) -> R<PyObject> {
         let flex = version >= 12;
         let ids = version >= 13;
-        let mut r = Rd::new(buf, 4);
-        if flex {
-            r.skip_tags()?;
-        }
+        let mut r = Rd::response_body(buf, flex)?;
         let mut holes = Holes { skips, k: 0 };
         let (throttle, error_code, session_id) =
             if version >= 7 { (r.i32()?, r.i16()?, r.i32()?) } else { (r.i32()?, 0, 0) };
@@ -576,12 +582,7 @@ impl Classes {
                     py.None()
                 };
                 let preferred = if version >= 11 { r.i32()? } else { -1 };
-                let (batches, size) = if !skips.is_empty() {
-                    self.read_holes(py, &mut r, flex, &mut holes)?
-                } else {
-                    let range = r.bytes_range(flex)?;
-                    self.read_batches(py, buf, range)?
-                };
+                let (batches, size) = self.records(py, &mut r, flex, &mut holes)?;
                 r.tags_if(flex)?;
                 let p = nt(py, &self.fetch_response_partition, [
                     topic.clone_ref(py), topic_id.clone_ref(py), partition.into_py(py), p_error.into_py(py),
@@ -593,11 +594,8 @@ impl Classes {
             }
             r.tags_if(flex)?;
         }
-        r.tags_if(flex)?;
-        r.end()?;
-        if holes.k != skips.len() {
-            return Err(Bad);
-        }
+        r.finish(flex)?;
+        holes.all_read()?;
         nt(py, &self.fetch_response, [
             throttle.into_py(py), error_code.into_py(py), session_id.into_py(py), parts.into_any().unbind(),
         ])
@@ -608,4 +606,15 @@ impl Classes {
 pub struct Holes<'a> {
     pub skips: &'a [(u32, u32)],
     pub k: usize,
+}
+
+impl Holes<'_> {
+    /// Every skipped range was met by a records field.
+    fn all_read(&self) -> R<()> {
+        if self.k == self.skips.len() {
+            Ok(())
+        } else {
+            Err(Bad)
+        }
+    }
 }

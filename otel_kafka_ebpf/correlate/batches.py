@@ -134,12 +134,17 @@ class _Parked:
 
 
 class Correlator:
-    def __init__(self, *, resolve_wait_ns: int = 10_000_000_000, group_wait_ns: int = 6_000_000_000,
+    """`connections`: the table of open connections (conn id -> its open event) that the correlator reads a
+    pair's process and endpoint from. The pipeline shares one table between the decoder, which fills it, and
+    the correlator; without one the correlator keeps its own (filled by `connection_opened`)."""
+
+    def __init__(self, *, connections: dict[int, ConnectionOpened] | None = None,
+                 resolve_wait_ns: int = 10_000_000_000, group_wait_ns: int = 6_000_000_000,
                  links: bool = True, rules: StatusRules | None = None) -> None:
         self.topics = TopicRegistry()
         self.clusters = ClusterDirectory()
         self.groups = GroupDirectory()
-        self.connections: dict[int, ConnectionOpened] = {}
+        self.connections: dict[int, ConnectionOpened] = {} if connections is None else connections
         self.broker_pids: set[int] = set()
         self.resolve_wait_ns = resolve_wait_ns
         self.group_wait_ns = group_wait_ns

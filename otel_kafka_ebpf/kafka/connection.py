@@ -1,10 +1,74 @@
-"""Per-connection request/response correlation: frames in both directions -> `KafkaPair` events.
+"""Per-connection request/response correlation: captured bytes in both directions -> `KafkaPair` events.
 
-Sans-IO like h11: feed the bytes and gaps of each direction, pull events with `next_event()`
-until it returns `NEED_DATA`. Kafka answers the requests of one connection in order, so a response
-for correlation id N also tells which earlier requests lost their response in a gap, and requests
-that reuse an id (a client may) are answered in the order they were sent. Nothing read from the
-stream raises out of here; problems are counted in `stats`.
+The decoder does no I/O and keeps no clock: it is handed what the capture saw and hands back what it
+made of it. One `KafkaConnection` is one TCP connection; `KafkaStreamDecoder` keeps one per connection
+id and takes the capture's stream events (`capture.streams`) whole.
+
+Using a connection
+------------------
+::
+
+    conn = KafkaConnection(conn_id, Role.CLIENT)  # Role.SERVER: the traced process is the broker
+    for ev in events_of_the_connection:           # capture.streams.StreamData and StreamGap
+        if isinstance(ev, StreamData):
+            conn.feed_data(ev.direction, ev.offset, ev.data, ev.ts_ns)
+        else:
+            conn.feed_gap(ev.direction, ev.offset, ev.length, ev.ts_ns, ev.reason)
+        while (pair := conn.next_event()) is not NEED_DATA:
+            handle(pair)                          # always a KafkaPair
+    conn.close(end_ts_ns)                         # the connection ended: what it ends comes out
+    while (pair := conn.next_event()) is not NEED_DATA:
+        handle(pair)
+
+`feed_data(direction, offset, data, ts_ns, ...)`
+    Accepts the bytes one direction moved, at `offset` in that direction's stream (offsets count every
+    byte the socket moved, captured or not). Any split is fine: a frame in one piece, a byte at a time,
+    several frames at once; with the same times for the same bytes, the events are the same. Both directions may be fed in any interleaving;
+    a response that comes before its request waits for it (up to `MAX_EARLY`). Bytes past the end
+    seen so far mean the bytes between were not captured: a loss, taken as `feed_gap` without a reason
+    takes it (though not added to `gap_bytes`); bytes before it overlap what was fed: only their new tail
+    is taken (`*_overlaps`). Returns None; whatever the bytes complete waits for `next_event`.
+`feed_gap(direction, offset, length, ts_ns, reason)`
+    Accepts `length` stream bytes that moved but were not captured. With a `reason` in
+    `DECLARED_SKIPS` they were left in the kernel on purpose inside a frame whose size was seen (a
+    digest's records, a SASL body, a frame's body after its head): the frame still comes out, decoded
+    around the hole. Any other gap is a loss: the frame it cuts is reported `TRUNCATED`, a gap that
+    swallows a frame boundary makes the decoder hunt for the next request (response) start, and
+    requests whose response may lie in it are reported `LOST` once a later response shows it.
+    Returns None.
+`next_event()`
+    Returns the oldest `KafkaPair` the input so far completed, removing it, or `NEED_DATA` when there is
+    none: nothing more can come out until more is fed (or the connection is closed). Call it until it
+    returns `NEED_DATA` after each feed; events left waiting are not lost, only late. There is no paused
+    state: every call to feed is taken at once, whatever is still waiting.
+`close(ts_ns, unanswered=LOST)`
+    The connection (or, with `unanswered=IN_FLIGHT`, the input) ended: frames cut off by the end are
+    reported `TRUNCATED`, every request still waiting for its response is reported with `unanswered`,
+    and the splitters' counters move into `stats`. Feed nothing afterwards.
+
+Events
+------
+Only `KafkaPair`: one request and its response, made when the response arrives, or when it is known
+that none will (a later response, a gap, too many waiting, acks=0, the end). `request` and `response`
+are typed messages (e.g. `ProduceRequest`, `FetchResponse`) or None; when one is None, its
+`request_error` / `response_error` says why, one of `MISSING_REASONS`: `LOST`, `TRUNCATED`,
+`NO_RESPONSE` (Produce with acks=0), `UNSUPPORTED` (an api version without a body decoder),
+`IN_FLIGHT`, `MALFORMED` (bytes that do not decode as the api and version they claim) and `HEADS_ONLY`
+(only the frame's head was captured). One side may carry an error while the other was decoded (a
+`MALFORMED` request and its decoded response, say).
+
+Errors
+------
+Nothing in the bytes or gaps fed raises: garbage, lies in size fields, frames of other protocols,
+overlaps and losses are decoded as far as they go and counted in `stats` (a `Counter`, names from
+`kafka.counters`, where `is_problem` tells the problems), and pairs are made with the declared reasons
+above. No pair is better than a wrong one: when it cannot be told which request a response answers
+(a correlation id reused across a gap), the request is reported `LOST` and the response dropped
+(`ambiguous_responses`). Only misuse raises (arguments of the wrong type).
+
+Kafka answers the requests of one connection in order, so a response for correlation id N also tells
+which earlier requests lost their response in a gap, and requests that reuse an id (a client may) are
+answered in the order they were sent.
 """
 
 from __future__ import annotations
@@ -12,8 +76,8 @@ from __future__ import annotations
 import re
 import struct
 from collections import Counter, deque
-from collections.abc import Iterable
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple, TypeAlias
 
 from ..capture.streams import (
     DECLARED_SKIPS, ConnectionClosed, ConnectionOpened, Direction, GapReason, Role, StreamData, StreamEvent,
@@ -25,12 +89,13 @@ from .counters import (AMBIGUOUS_RESPONSES, GAP_BYTES, HEADS_ONLY_REQUESTS, HEAD
                        MALFORMED_REQUEST_HEADERS, MALFORMED_RESPONSE_HEADERS, PENDING_OVERFLOW, SASL_TOKENS,
                        SKIPPED_ON_PURPOSE_BYTES, SPLITTER, TRUNCATED_REQUESTS, TRUNCATED_RESPONSES,
                        UNMATCHED_RESPONSES, malformed_request_api, malformed_response_api, unsupported_api)
-from .frames import ACCEPT, MAX_FRAME, NEED_DATA, NEED_MORE, REJECT, Frame, FrameSplitter
+from .frames import ACCEPT, MAX_FRAME, NEED_DATA, NEED_MORE, REJECT, Frame, FrameLost, FrameSplitter, NeedData
 from .headers import RequestHeader, read_request_header, read_response_correlation_id, response_body_position
 from .primitives import DecodeError
 from .versions import API_TABLE, FETCH, MAX_API_VERSION, PRODUCE, response_header_version
 
-__all__ = ["KafkaPair", "KafkaConnection", "KafkaStreamDecoder", "NEED_DATA"]
+__all__ = ["KafkaPair", "KafkaConnection", "KafkaStreamDecoder", "NEED_DATA", "MISSING_REASONS", "LOST", "TRUNCATED",
+           "NO_RESPONSE", "UNSUPPORTED", "IN_FLIGHT", "MALFORMED", "HEADS_ONLY"]
 
 MAX_PENDING = 1024  # outstanding requests kept per connection; clients pipeline far fewer
 # A response may reach the decoder just before its request: with one thread writing and another
@@ -46,10 +111,17 @@ UNSUPPORTED = "unsupported"  # api key or version not decoded (skipped by length
 IN_FLIGHT = "in_flight"  # still waiting for its response when the input ended (a consumer's long poll)
 MALFORMED = "malformed"  # bytes that do not decode as the api/version they claim
 HEADS_ONLY = "heads_only"  # only its head was captured: the fallback program (a kernel refused the walker)
+MISSING_REASONS = frozenset({LOST, TRUNCATED, NO_RESPONSE, UNSUPPORTED, IN_FLIGHT, MALFORMED, HEADS_ONLY})
+
+Data: TypeAlias = bytes | bytearray | memoryview  # captured bytes, as the capture hands them over
+Skips: TypeAlias = tuple[tuple[int, int], ...]  # (position in the data, stream bytes left out there)
 
 
 class KafkaPair(NamedTuple):
-    """One request and its response (or the reason there is none)."""
+    """One request and its response (or the reason there is none): the decoder's only event.
+
+    `request_error` / `response_error` is None when that side was decoded, else one of `MISSING_REASONS`.
+    """
 
     conn_id: int
     api_key: int
@@ -236,7 +308,11 @@ class _ResponseValidator:
 
 
 class KafkaConnection:
-    """Decoder state of one TCP connection; the traced process is the client unless role says so."""
+    """Decoder state of one TCP connection; the traced process is the client unless role says so.
+
+    `conn_id` goes into every pair made; `stats` is the Counter to count in (several connections may
+    share one), a new one when None. The contract of the public calls is in the module's docstring.
+    """
 
     __slots__ = ("conn_id", "role", "requests", "responses", "pending", "pending_ids", "ambiguous_ids",
                  "request_gaps", "seen_versions", "client_id", "client_id_bytes", "last_correlation_id",
@@ -269,8 +345,16 @@ class KafkaConnection:
         is_request = (direction == Direction.SEND) == sends_requests
         return (self.requests if is_request else self.responses), is_request
 
-    def feed_data(self, direction: Direction, offset: int, data, ts_ns: int, frame_start: bool = False,
-                  last_ts_ns: int | None = None, skips: tuple = (), skip_reason: GapReason | None = None) -> None:
+    def feed_data(self, direction: Direction, offset: int, data: Data, ts_ns: int, frame_start: bool = False,
+                  last_ts_ns: int | None = None, skips: Skips = (), skip_reason: GapReason | None = None) -> None:
+        """Captured bytes of `direction` (relative to the traced process), `data[0]` at stream `offset`.
+
+        `ts_ns`: when the (first) syscall moved them; `last_ts_ns`: the last one, when several did (None:
+        the same). `frame_start`: the capture knows `data[0]` begins a frame (ends a hunt after a lost
+        boundary). `skips`: (position in `data`, stream bytes) ranges left in the kernel on purpose inside
+        these bytes, for `skip_reason` (a `DECLARED_SKIPS` reason). The view `data` may be kept by the
+        events made from it; do not change its bytes. Never raises for what the bytes hold; returns None
+        (pull the events with `next_event`)."""
         splitter, is_request = self._splitter(direction)
         if skip_reason is GapReason.HEADS:
             self.heads_only = True
@@ -284,6 +368,11 @@ class KafkaConnection:
 
     def feed_gap(self, direction: Direction, offset: int, length: int, ts_ns: int,
                  reason: GapReason | None = None) -> None:
+        """`length` bytes of `direction` at stream `offset` that moved at `ts_ns` and were not captured.
+
+        A `reason` in `DECLARED_SKIPS` inside a frame whose size was seen is a hole in that frame, no loss
+        (counted as `skipped_on_purpose_bytes`); anything else is a loss (`gap_bytes`), reported in the
+        pairs it touches as `TRUNCATED` or `LOST`. Never raises; returns None."""
         splitter, is_request = self._splitter(direction)
         if reason is GapReason.HEADS:
             self.heads_only = True
@@ -307,7 +396,10 @@ class KafkaConnection:
 
     def close(self, ts_ns: int, unanswered: str = LOST) -> None:
         """The connection ended (or the input did: `unanswered` IN_FLIGHT): frames cut off by the end are
-        reported truncated, and outstanding requests get no response."""
+        reported truncated, and outstanding requests get no response, for the reason `unanswered`.
+
+        The pairs are then waiting for `next_event`; the splitters' counters are in `stats`. `ts_ns` is
+        when it ended (the pairs carry the times of their own bytes). Feed the connection nothing after."""
         for splitter, is_request in ((self.responses, False), (self.requests, True)):
             splitter.end()
             self._pull(splitter, is_request)
@@ -324,6 +416,7 @@ class KafkaConnection:
         self.responses = FrameSplitter(_ResponseValidator(self))
 
     def splitter_counters(self) -> Counter:
+        """The frame splitters' counts not yet in `stats` (they move there at `close`), by counter name."""
         counters = Counter()
         requests, responses = self.requests, self.responses
         for count, request_name, response_name in SPLITTER:
@@ -335,7 +428,9 @@ class KafkaConnection:
                 counters[response_name] += value
         return counters
 
-    def next_event(self):
+    def next_event(self) -> KafkaPair | NeedData:
+        """The oldest pair not yet handed out, or `NEED_DATA` when there is none until more is fed or the
+        connection is closed. Never raises."""
         if self._events:
             return self._events.popleft()
         return NEED_DATA
@@ -393,7 +488,7 @@ class KafkaConnection:
             fetch_offsets = self.fetch_session.on_request(request)
         self._add_pending(header, request, frame.first_ts_ns, frame.last_ts_ns, error, fetch_offsets)
 
-    def _on_request_lost(self, lost) -> None:
+    def _on_request_lost(self, lost: FrameLost) -> None:
         self.stats[TRUNCATED_REQUESTS] += 1
         try:
             header, _ = read_request_header(lost.head)
@@ -521,7 +616,7 @@ class KafkaConnection:
             error = MALFORMED
         return response, error
 
-    def _on_response_lost(self, lost) -> None:
+    def _on_response_lost(self, lost: FrameLost) -> None:
         self.stats[TRUNCATED_RESPONSES] += 1
         if len(lost.head) < 4:
             return
@@ -549,14 +644,24 @@ class KafkaConnection:
 
 
 class KafkaStreamDecoder:
-    """All connections of a capture: stream events in, `KafkaPair` events out."""
+    """All connections of a capture: stream events in, `KafkaPair` events out.
 
-    def __init__(self) -> None:
+    Each call hands back the pairs its event completed, so there is nothing to pull. Data or a gap of a
+    connection whose open event was not seen starts it as a client connection; a second open event for
+    an id ends the old connection first (its requests `LOST`). Like `KafkaConnection`, it never raises for
+    what the events hold; all connections count in the one `stats`. `opened` (conn id -> its open event,
+    filled here as they come) is the table to keep them in, shared with whoever reads it (the correlator);
+    a new one when None.
+    """
+
+    def __init__(self, opened: dict[int, ConnectionOpened] | None = None) -> None:
         self.connections: dict[int, KafkaConnection] = {}
-        self.opened: dict[int, ConnectionOpened] = {}
+        self.opened: dict[int, ConnectionOpened] = {} if opened is None else opened
         self.stats: Counter = Counter()
 
     def feed(self, event: StreamEvent) -> list[KafkaPair]:
+        """One stream event in; the pairs it completed out (often none). Annotations are not the
+        decoder's: they give nothing."""
         kind = type(event)
         if kind is StreamData:
             conn = self.connections.get(event.conn_id) or self._conn(event.conn_id)
@@ -589,7 +694,8 @@ class KafkaStreamDecoder:
             total.update(conn.splitter_counters())
         return total
 
-    def feed_all(self, events: Iterable[StreamEvent]):
+    def feed_all(self, events: Iterable[StreamEvent]) -> Iterator[KafkaPair]:
+        """`feed` of each event, the pairs in order (without `finish`)."""
         for event in events:
             yield from self.feed(event)
 

@@ -17,7 +17,8 @@ import struct
 from collections import deque
 from typing import NamedTuple, Protocol
 
-__all__ = ["NEED_DATA", "Frame", "FrameLost", "FrameSplitter", "FrameValidator", "ACCEPT", "REJECT", "NEED_MORE"]
+__all__ = ["NEED_DATA", "NeedData", "Frame", "FrameLost", "FrameSplitter", "FrameValidator", "ACCEPT", "REJECT",
+           "NEED_MORE"]
 
 
 class _NeedData:
@@ -28,6 +29,7 @@ class _NeedData:
 
 
 NEED_DATA = _NeedData()
+NeedData = _NeedData  # the type of NEED_DATA, for annotations
 
 MIN_FRAME = 4  # a response header is 4 bytes; anything shorter is not a Kafka frame
 MAX_FRAME = 256 << 20  # well beyond any broker's socket.request.max.bytes / fetch.max.bytes default
