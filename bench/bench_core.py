@@ -70,8 +70,7 @@ def ring_records(req: bytes, resp: bytes, n: int, digest: bool) -> list[bytes]:
 def run(records: list[bytes], decoder_kind: str) -> dict:
     assembler = StreamAssembler(clock_offset_ns=0)
     decoder = KafkaStreamDecoder() if decoder_kind == "python" else fastpath.CoreStreamDecoder()
-    correlator = Correlator()
-    correlator.connections = decoder.opened
+    correlator = Correlator(connections=decoder.opened)
     opened = ConnectionOpened(CONN, 0, 1, 1, "bench", 0, 0, "127.0.0.1", 40000, "127.0.0.1", 9092, Role.CLIENT)
     assembler._open(ev.OpenEvent(type=ev.EV_OPEN, pid=1, tid=1, family=2, role=1, conn_id=CONN, ts_ns=0))
     decoder.feed(opened)
