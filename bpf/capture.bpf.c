@@ -26,6 +26,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define S_IFMT       00170000
 #define S_IFSOCK     0140000
 #define EINPROGRESS  115
+#define PROT_EXEC    4
 
 #define KAFKA_MIN_REQUEST  10          /* api_key + api_version + correlation_id + client_id length */
 #define KAFKA_MAX_FRAME    (256 << 20)
@@ -1207,6 +1208,23 @@ static __noinline void on_close(__u32 tgid, int fd)
 #endif
 
 
+static __noinline void exec_mapped(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!traced(tgid))
+		return;
+	struct oke_exit_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(OKE_CNT_RINGBUF_DROPS, 1);
+		return;
+	}
+	e->type = OKE_EV_EXEC_MAP;
+	e->pid = tgid;
+	e->ts_ns = bpf_ktime_get_ns();
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);  /* the attach races the process's first TLS call */
+	count(OKE_CNT_EVENTS, 1);
+}
+
 /* heads: the fallback program's data path (bpf/heads.bpf.h) instead of the frame walker's */
 static __always_inline int on_sys_exit(struct pt_regs *regs, long ret, const bool heads)
 {
@@ -1226,6 +1244,12 @@ static __always_inline int on_sys_exit(struct pt_regs *regs, long ret, const boo
 	case OKE_NR_connect: kind = OP_CONNECT; direction = 0; break;
 	case OKE_NR_accept:
 	case OKE_NR_accept4: kind = OP_ACCEPT; direction = 0; break;
+	case OKE_NR_mmap:
+		/* a file mapped executable (a library loaded): the agent looks for TLS libraries in it at once,
+		 * before the process's first TLS connection if it can */
+		if (ret > 0 && (OKE_SYSCALL_ARG3(regs) & PROT_EXEC) && (int)OKE_SYSCALL_ARG5(regs) >= 0)
+			exec_mapped();
+		return 0;
 	case OKE_NR_close:
 	case OKE_NR_dup2:
 	case OKE_NR_dup3: {

@@ -34,6 +34,7 @@ enum oke_event_type {
 	OKE_EV_DATA  = 2,
 	OKE_EV_CLOSE = 3,
 	OKE_EV_EXIT  = 4,
+	OKE_EV_EXEC_MAP = 5,  /* a process mapped a file executable (struct oke_exit_event): TLS libraries, now */
 };
 
 enum oke_direction {

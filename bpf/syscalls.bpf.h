@@ -24,6 +24,7 @@
 #define OKE_NR_accept4   288
 #define OKE_NR_recvmmsg  299
 #define OKE_NR_sendmmsg  307
+#define OKE_NR_mmap      9
 #define OKE_SYSCALL_NR(regs) ((regs)->orig_ax)  /* a direct load through the BTF pointer */
 #elif defined(__TARGET_ARCH_arm64)
 /* asm-generic/unistd.h */
@@ -43,6 +44,7 @@
 #define OKE_NR_accept4   242
 #define OKE_NR_recvmmsg  243
 #define OKE_NR_sendmmsg  269
+#define OKE_NR_mmap      222
 #define OKE_NR_dup2      (-1)  /* none: dup2 is dup3 on arm64 */
 #define OKE_SYSCALL_NR(regs) ((regs)->syscallno)
 #else
@@ -52,5 +54,6 @@
 #define OKE_SYSCALL_ARG1(regs) PT_REGS_PARM1_SYSCALL(regs)
 #define OKE_SYSCALL_ARG2(regs) PT_REGS_PARM2_SYSCALL(regs)
 #define OKE_SYSCALL_ARG3(regs) PT_REGS_PARM3_SYSCALL(regs)
+#define OKE_SYSCALL_ARG5(regs) PT_REGS_PARM5_SYSCALL(regs)
 
 #endif

@@ -159,7 +159,7 @@ def check_syscall_tracepoints() -> Check:
 
 def check_uprobes() -> Check:
     if os.path.exists("/sys/bus/event_source/devices/uprobe/type"):
-        return Check("uprobes", True, "uprobe PMU present (for TLS libraries, later)", required=False)
+        return Check("uprobes", True, "uprobe PMU present (TLS libraries' plaintext)", required=False)
     return Check("uprobes", False, "no uprobe PMU: TLS capture will be unavailable",
                  "enable CONFIG_UPROBE_EVENTS", required=False)
 
@@ -183,8 +183,9 @@ def check_bpf_objects() -> Check:
     return Check("BPF objects", False, f"{path} missing", "run `make bpf` in the source tree")
 
 
-def check_bpf_load(settings=None) -> Check:
-    """Load and attach the real object with the settings in force, as `run` does, and detach."""
+def check_bpf_load(settings=None, tls_lines: list[Check] | None = None) -> Check:
+    """Load and attach the real object with the settings in force, as `run` does, and detach. With `tls_lines`,
+    one line per running Kafka client process goes there: whether its TLS is seen, and how or why not."""
     from .capture.live import degraded_line
     from .capture.loader import CaptureError, CaptureProgram, CaptureSettings
 
@@ -198,6 +199,11 @@ def check_bpf_load(settings=None) -> Check:
     try:
         stats = ", ".join(f"{name} {s.insns:,} instructions verified in {s.usec / 1000:.0f} ms"
                           for name, s in sorted(prog.verifier_stats.items()))
+        if tls_lines is not None and prog.tls is not None:
+            from .capture.tls import client_report
+
+            for pid, cmd, seen, how in client_report(prog.tls):
+                tls_lines.append(Check(f"TLS of pid {pid} ({cmd})", seen, how, required=False))
         if prog.degraded:
             return Check("BPF load", False, degraded_line(prog.refusal),
                          "a kernel listed in the README, or report `uname -r` and the line above", required=False)
@@ -217,8 +223,10 @@ def run_checks(settings=None) -> list[Check]:
     results = []
     checks = list(CHECKS)
     if os.geteuid() == 0 or _has(_effective_caps(), CAP_BPF):
+        tls_lines: list[Check] = []
+
         def check_bpf_load_in_force() -> Check:  # the real thing, once it can be tried
-            return check_bpf_load(settings)
+            return check_bpf_load(settings, tls_lines)
 
         checks.append(check_bpf_load_in_force)
     for check in checks:
@@ -226,6 +234,8 @@ def run_checks(settings=None) -> list[Check]:
             results.append(check())
         except Exception as exc:  # a check that breaks is a failed check, not a crash
             results.append(Check(check.__name__.removeprefix("check_"), False, f"check failed: {exc}"))
+    if os.geteuid() == 0 or _has(_effective_caps(), CAP_BPF):
+        results.extend(tls_lines)
     return results
 
 

@@ -179,7 +179,8 @@ class Pipeline:
         if ident.is_kafka_broker:
             self.correlator.mark_broker(event.pid)
         args = ident.attributes.get("process.command_args") or ()
-        self.tls.opened(event, ident.service_name, " ".join(args) if isinstance(args, list) else str(args))
+        self.tls.opened(event, ident.service_name, " ".join(args) if isinstance(args, list) else str(args),
+                        str(ident.attributes.get("process.executable.name", "")))
         if self.lookup is not None:
             self.lookup.note_process(event.netns, event.pid)
 

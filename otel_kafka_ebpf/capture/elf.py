@@ -78,6 +78,9 @@ class ElfFile:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise ElfError(f"cannot open it: {exc.strerror}") from None
+        if os.fstat(fd).st_size < 64:
+            os.close(fd)
+            raise ElfError("not an ELF file (too short)")
         try:
             data = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
         except (OSError, ValueError) as exc:
@@ -129,7 +132,41 @@ class ElfFile:
         return self._functions
 
     def function(self, name: str) -> Symbol | None:
-        return self.functions().get(name)
+        return self.lookup((name,)).get(name)
+
+    def lookup(self, names) -> dict[str, Symbol]:
+        """Just these function symbols (.dynsym's wins), without decoding every name of the tables: a library
+        with tens of thousands of symbols answers in milliseconds (the attach races a process's first call)."""
+        if self._functions is not None:
+            return {n: self._functions[n] for n in names if n in self._functions}
+        out: dict[str, Symbol] = {}
+        data = self._data
+        for kind in (SHT_SYMTAB, SHT_DYNSYM):
+            for sec in self.sections:
+                if sec.type != kind or sec.link >= len(self.sections) or (sec.entsize or 24) != 24:
+                    continue
+                strtab = self.sections[sec.link]
+                table = data[strtab.offset:strtab.offset + strtab.size]
+                wanted: dict[int, str] = {}
+                for name in names:
+                    needle = name.encode() + b"\0"
+                    at = table.find(needle)
+                    while at >= 0:  # every place the name ends a string (a linker may share tails)
+                        wanted[at] = name
+                        at = table.find(needle, at + 1)
+                if not wanted:
+                    continue
+                end = min(sec.offset + sec.size, len(data))
+                body = data[sec.offset:sec.offset + (end - sec.offset) // 24 * 24]
+                for st_name, st_info, _other, st_shndx, st_value, st_size in struct.iter_unpack("<IBBHQQ", body):
+                    name = wanted.get(st_name)
+                    if name is None or st_info & 0xF != STT_FUNC or st_shndx == 0 or not st_value:
+                        continue
+                    # a shared tail: the string that starts there must be the whole name
+                    if st_name and table[st_name - 1:st_name] not in (b"", b"\0"):
+                        continue
+                    out[name] = Symbol(name, st_value, st_size, (st_info >> 4) == STB_LOCAL)
+        return out
 
     def file_offset(self, vaddr: int) -> int | None:
         """The file offset of a virtual address in a loaded segment (what a uprobe is attached at)."""

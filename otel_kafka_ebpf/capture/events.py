@@ -18,7 +18,7 @@ INFLIGHT = 8  # requests remembered per connection whose responses have a layout
 RINGBUF_BYTES = 16 << 20  # the digest mode's ring buffer
 MAX_PIDS = 4096  # processes a pid filter names
 
-EV_OPEN, EV_DATA, EV_CLOSE, EV_EXIT = 1, 2, 3, 4
+EV_OPEN, EV_DATA, EV_CLOSE, EV_EXIT, EV_EXEC_MAP = 1, 2, 3, 4, 5
 
 GAP_BUDGET = 1 << 0
 GAP_RINGBUF = 1 << 1
@@ -114,6 +114,11 @@ class ExitEvent(ctypes.Structure):
         ("pid", c_uint32),
         ("ts_ns", c_uint64),
     ]
+
+
+class ExecMapEvent(ctypes.Structure):
+    """A process mapped a file executable (struct oke_exit_event with type EV_EXEC_MAP)."""
+    _fields_ = ExitEvent._fields_
 
 
 class Config(ctypes.Structure):

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Callable
 
-from .events import TLS_UNDECODED, ExitEvent, OpenEvent
+from .events import TLS_UNDECODED, ExecMapEvent, ExitEvent, OpenEvent
 from .libbpf import map_delete, map_keys
 from .loader import HEADS, POLL_BATCH, CaptureProgram, CaptureSettings, ProgramRefused
 from .reassembly import StreamAssembler
@@ -97,8 +97,8 @@ class LiveCapture:
             pending.extend(self.assembler.feed(raw))
             if isinstance(raw, ExitEvent):  # release the process's kernel state too
                 exited.append(raw.pid)
-            elif isinstance(raw, OpenEvent) and raw.tls == TLS_UNDECODED:
-                tls_pids.add(raw.pid)  # a TLS handshake whose plaintext no probe sees: its files now
+            elif isinstance(raw, ExecMapEvent) or (isinstance(raw, OpenEvent) and raw.tls == TLS_UNDECODED):
+                tls_pids.add(raw.pid)  # a library just loaded, or a TLS handshake no probe decodes: its files now
 
         deadline = time.monotonic() + self.duration_s if self.duration_s else None
         def on_data_record(raw: bytes) -> None:
@@ -121,20 +121,19 @@ class LiveCapture:
                     if deadline and time.monotonic() >= deadline:
                         break
                     prog.poll(self.poll_ms)
+                    if tls_pids and prog.tls is not None:  # before anything else: it races their first TLS call
+                        prog.tls.scan(sorted(tls_pids))
+                        tls_pids.clear()
                     while pending and not stop.is_set():
                         yield pending.popleft()
                     if self.on_poll is not None:
                         self.on_poll()
                     while exited:
                         prog.forget_process(exited.pop())
-                    if prog.tls is not None and (tls_pids or time.monotonic() >= next_tls_scan):
-                        if tls_pids:
-                            prog.tls.scan(sorted(tls_pids))
-                            tls_pids.clear()
-                        else:
-                            began = time.monotonic()
-                            prog.tls.scan()
-                            next_tls_scan = began + max(TLS_SCAN_S, (time.monotonic() - began) / SWEEP_SHARE)
+                    if prog.tls is not None and time.monotonic() >= next_tls_scan:
+                        began = time.monotonic()
+                        prog.tls.scan()
+                        next_tls_scan = began + max(TLS_SCAN_S, (time.monotonic() - began) / SWEEP_SHARE)
                     if not missed_told and time.monotonic() >= next_missed_check:
                         next_missed_check = time.monotonic() + MISSED_CHECK_S
                         missed = prog.missed_runs()

@@ -505,6 +505,8 @@ class CaptureProgram:
                     event = ev.CloseEvent.from_buffer_copy(raw)
                 elif etype == ev.EV_EXIT:
                     event = ev.ExitEvent.from_buffer_copy(raw)
+                elif etype == ev.EV_EXEC_MAP:
+                    event = ev.ExecMapEvent.from_buffer_copy(raw)
                 else:
                     self.callback_errors += 1
                     continue

@@ -189,7 +189,7 @@ class TlsAttacher:
         return ProbedFile(path, "")
 
     def _openssl(self, path: str, real: str, elf: ElfFile) -> ProbedFile:
-        funcs = elf.functions()
+        funcs = elf.lookup(OPENSSL_ENTRIES)
         missing = [n for n in OPENSSL_NEEDED if n not in funcs]
         dynamic = elf.section(".dynsym") is not None and all(not funcs[n].local for n in OPENSSL_NEEDED
                                                              if n in funcs)
@@ -264,3 +264,48 @@ class TlsAttacher:
     @property
     def links(self) -> int:
         return sum(len(f.links) for f in self.files.values())
+
+
+# ---- doctor: per Kafka client process, whether its TLS is seen ----
+
+_STACK_WORDS = {"openssl-shared": "shared OpenSSL", "openssl-static": "OpenSSL linked in", "go": "Go crypto/tls"}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _kafka_client(pid: int, files: list[ProbedFile]) -> bool:
+    """A Kafka client by what it runs: librdkafka mapped, or Kafka named on its command line (a JVM's class
+    path holds kafka-clients), and not a broker."""
+    cmd = _cmdline(pid)
+    if "kafka.Kafka" in cmd.split() or "otel_kafka_ebpf" in cmd or "otel-kafka-ebpf" in cmd:
+        return False  # a broker, or this agent
+    return "kafka" in cmd.lower() or any("rdkafka" in f.path for f in files)
+
+
+def client_report(attacher: TlsAttacher) -> list[tuple[int, str, bool, str]]:
+    """(pid, command, seen, how or why not) of each running Kafka client process."""
+    out = []
+    pids = attacher._pids or [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) != os.getpid()]
+    for pid in sorted(pids):
+        files = attacher.stacks_of(pid)
+        if not _kafka_client(pid, files):
+            continue
+        cmd = _cmdline(pid)[:60]
+        probed = sorted({_STACK_WORDS[f.stack] for f in files if f.probed})
+        refused = [f"{f.path}: {f.reason}" for f in files if f.stack and not f.probed]
+        if probed:
+            out.append((pid, cmd, True, "through " + ", ".join(probed)))
+        elif refused:
+            out.append((pid, cmd, False, "; ".join(refused)))
+        elif cmd.split(" ", 1)[0].endswith("java"):
+            out.append((pid, cmd, False, "Java's TLS (JSSE) runs inside the JVM: its connections are reported as "
+                                         "'TLS, not decoded'; plain-text listeners are seen"))
+        else:
+            out.append((pid, cmd, True, "no TLS library mapped: plain text, seen at the socket"))
+    return out
