@@ -264,6 +264,7 @@ class CaptureProgram:
         self._prog_fds: list[int] = []  # the programs attached, for the kernel's count of their skipped runs
         self.refusal: ProgramRefused | None = None  # why the walker is not loaded, when it is not
         self.tls: TlsAttacher | None = None  # the TLS probes, once attached
+        self._twins_seen: set[str] = set()  # the object's program names, once opened
 
     # -- life cycle --------------------------------------------------------------------------
     def open(self) -> "CaptureProgram":
@@ -278,7 +279,8 @@ class CaptureProgram:
         try:
             self._load(path, first)
         except ProgramRefused as exc:
-            if first != WALKER or exc.program != WALKER:
+            # the walker, or a program that walks as it does (the TLS return probe): their heads twins instead
+            if first != WALKER or exc.program != WALKER and not exc.program + "_heads" in self._twins_seen:
                 raise
             self.refusal = exc
             self._load(path, HEADS)
@@ -310,6 +312,7 @@ class CaptureProgram:
         self.program = program
         try:
             self._obj = L.bpf_object__open_file(path.encode(), None)
+            self._twins_seen = self._names
             for name, prog in self._programs():
                 twin = _twin(name, self._names)
                 if twin is not None:
@@ -432,7 +435,8 @@ class CaptureProgram:
 
     def _refusal(self) -> ProgramRefused | None:
         """The program whose log says why the verifier refused it, if one does."""
-        for name, buf in self._logs.items():
+        # the syscall exit program first: a walker the kernel refuses refuses the probes that walk as it does too
+        for name, buf in sorted(self._logs.items(), key=lambda kv: kv[0] not in (WALKER, HEADS)):
             reason = verifier_reason(buf.value.decode(errors="replace"))
             if reason:
                 return ProgramRefused(name, reason)
@@ -479,7 +483,8 @@ class CaptureProgram:
 
     @property
     def attached(self) -> int:
-        return len(self._links)
+        """Links in place: the tracepoint programs' and the TLS probes'."""
+        return len(self._links) + (self.tls.links if self.tls is not None else 0)
 
     # -- reading -----------------------------------------------------------------------------
     def poll(self, timeout_ms: int = 100) -> int:

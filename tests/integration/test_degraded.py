@@ -9,6 +9,8 @@ its own resource.
 
 from __future__ import annotations
 
+import re
+
 import json
 import os
 import platform
@@ -37,7 +39,9 @@ def test_trace_on_a_refusing_kernel_pairs_frame_heads(kafka_broker, topic_factor
         gt = run_workload(client, kafka_broker.bootstrap, topic, tmp_path / f"{client}.jsonl", messages=40, size=100)
     lines = _degraded_lines(trace.err)
     assert len(lines) == 1, trace.err
-    assert "refused BPF program 'sys_exit'" in lines[0] and "invalid read from stack" in lines[0], lines[0]
+    # the frame walker, or the TLS return probe that walks as it does (libbpf stops at the first one refused)
+    assert re.search(r"refused BPF program '(sys_exit|tls_return)'", lines[0]) and "invalid read from stack" in lines[0], \
+        lines[0]
     assert "Traceback" not in trace.err
     pairs = [p for p in trace.json_lines() if p.get("pid") == gt.pid]
     produce = [p for p in pairs if p["api"] == "Produce"]
@@ -91,7 +95,7 @@ def test_run_exports_degraded(kafka_broker, topic_factory, tmp_path):
     assert resources[-1].get("otel_kafka_ebpf.capture.degraded") == {"boolValue": True}, resources[-1]
     assert resources[-1].get("otel_kafka_ebpf.capture.program") == {"stringValue": "sys_exit_heads"}
     point = {a["key"]: a["value"] for a in refusals[-1]["attributes"]}
-    assert point["program"] == {"stringValue": "sys_exit"}
+    assert point["program"] in ({"stringValue": "sys_exit"}, {"stringValue": "tls_return"})
     assert point["os.version"] == {"stringValue": platform.release()}
     assert "invalid read from stack" in point["reason"]["stringValue"]
     assert problems == [], problems  # heads only is what the program captures, not a decoder problem
