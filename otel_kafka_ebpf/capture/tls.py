@@ -291,8 +291,7 @@ def _kafka_client(pid: int, files: list[ProbedFile]) -> bool:
 def client_report(attacher: TlsAttacher) -> list[tuple[int, str, bool, str]]:
     """(pid, command, seen, how or why not) of each running Kafka client process."""
     out = []
-    pids = attacher._pids or [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) != os.getpid()]
-    for pid in sorted(pids):
+    for pid in attacher._all_pids():
         files = attacher.stacks_of(pid)
         if not _kafka_client(pid, files):
             continue
