@@ -965,6 +965,7 @@ static __always_inline void skip_sendfile(struct conn *c, __u32 n)
 }
 
 #define OKE_RCV_SHUTDOWN 1  /* include/net/sock.h: the peer shut its side (a FIN came) */
+#define OKE_SEND_SHUTDOWN 2 /* include/net/sock.h: this side shut its sending (close, shutdown: a FIN queued) */
 
 /* Where this direction of the TCP stream is now, mod 2^32: the next byte the user will read (receive) or
  * the next byte it queued (send). A read that reached the peer's FIN has counted it as one sequence number
@@ -995,6 +996,8 @@ static __always_inline void learn_seq(struct dir_state *d, __u32 seq)
  * run preempted on a preemptible kernel, 7.x: recursion_misses). They become a loss of exact length, and
  * the frame boundaries are unknown after it. Ahead of there, two syscalls of the direction ran at once
  * (their bytes' order is unknown) or one only peeked: the base is learnt again. */
+static __always_inline void missed_runs_before(struct conn *c, __u8 dir, __s32 behind);
+
 static __noinline void note_unseen(struct conn *c, __u64 sk, __u8 dir, __u32 n)
 {
 	if (!c)
@@ -1014,6 +1017,13 @@ static __noinline void note_unseen(struct conn *c, __u64 sk, __u8 dir, __u32 n)
 			learn_seq(d, first);
 		return;
 	}
+	missed_runs_before(c, dir, behind);
+}
+
+/* `behind` bytes of direction `dir`, moved by syscalls the program never ran for, come before the next. */
+static __always_inline void missed_runs_before(struct conn *c, __u8 dir, __s32 behind)
+{
+	struct dir_state *d = &c->dir[dir & 1];
 	pending_flush(c, dir);  /* a frame under way ends before the loss */
 	d->offset += behind;
 	d->gap_flags |= OKE_GAP_MISSED_RUN;
@@ -1029,6 +1039,37 @@ static __noinline void note_unseen(struct conn *c, __u64 sk, __u8 dir, __u32 n)
 	if ((dir & 1) != request_dir(c)) {
 		c->resync_armed = 0;
 		c->rearm = 1;
+	}
+}
+
+/* The connection ends (its close, or its process's exit): the syscalls after its last one seen may have
+ * been runs the kernel skipped too, with no syscall after them to tell. The socket says how far each
+ * direction went. After close() or shutdown() the kernel has queued our FIN (one sequence number past
+ * the last byte in write_seq) and, once the peer's FIN came (LAST_ACK, CLOSING), a read that reached it counted it; a
+ * socket already CLOSE (reset, or handed to a timewait socket) says nothing that can be trusted. */
+static __noinline void note_tail(struct conn *c, __u64 sk)
+{
+	if (!c || c->tls != OKE_TLS_NONE)
+		return;  /* a TLS library's plaintext has no place in the TCP sequence */
+	struct sock *s = (struct sock *)sk;
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	__u8 state = BPF_CORE_READ(s, __sk_common.skc_state);
+	if (state == TCP_CLOSE || state == TCP_LISTEN || state == TCP_SYN_SENT || state == TCP_SYN_RECV)
+		return;
+	bool our_fin = (BPF_CORE_READ(s, sk_shutdown) & OKE_SEND_SHUTDOWN) && (state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 || state == TCP_CLOSING ||
+				  state == TCP_LAST_ACK);
+	bool their_fin = state == TCP_CLOSE_WAIT || state == TCP_LAST_ACK || state == TCP_CLOSING;
+	__u32 seq[2];
+	seq[OKE_DIR_SEND] = BPF_CORE_READ(tp, write_seq) - our_fin;
+	__u32 copied = BPF_CORE_READ(tp, copied_seq);
+	seq[OKE_DIR_RECV] = copied - (their_fin && copied == BPF_CORE_READ(tp, rcv_nxt));
+	for (__u8 dir = 0; dir < 2; dir++) {
+		struct dir_state *d = &c->dir[dir];
+		if (!d->seq_known)
+			continue;
+		__s32 behind = (__s32)(seq[dir] - d->seq_base - (__u32)d->offset);
+		if (behind > 0)
+			missed_runs_before(c, dir, behind);
 	}
 }
 
@@ -1167,6 +1208,8 @@ static __noinline void emit_close(struct conn *c)
 	e->ts_ns = bpf_ktime_get_ns();
 	e->send_bytes = c->dir[OKE_DIR_SEND].offset;
 	e->recv_bytes = c->dir[OKE_DIR_RECV].offset;
+	e->gap_flags[OKE_DIR_SEND] = c->dir[OKE_DIR_SEND].gap_flags;
+	e->gap_flags[OKE_DIR_RECV] = c->dir[OKE_DIR_RECV].gap_flags;
 	bpf_ringbuf_submit(e, ringbuf_flags());
 	count(OKE_CNT_EVENTS, 1);
 }
@@ -1197,8 +1240,10 @@ static __noinline void on_close(__u32 tgid, int fd)
 	struct conn *c = bpf_map_lookup_elem(&conns, &sk_ptr);
 	if (!c || c->tgid != tgid)
 		return;
-	if (c->verdict == CONN_KAFKA && c->open_sent)
+	if (c->verdict == CONN_KAFKA && c->open_sent) {
+		note_tail(c, sk_ptr);
 		emit_close(c);
+	}
 	bpf_map_delete_elem(&conns, &sk_ptr);
 }
 

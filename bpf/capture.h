@@ -143,6 +143,8 @@ struct oke_close_event {
 	__u64 ts_ns;
 	__u64 send_bytes;   /* final stream lengths, so a trailing gap is exact */
 	__u64 recv_bytes;
+	__u8  gap_flags[2]; /* [send, recv]: why bytes are missing before those lengths (note_tail), as in data */
+	__u8  _pad[6];
 };
 
 struct oke_exit_event {

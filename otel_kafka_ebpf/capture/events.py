@@ -105,6 +105,8 @@ class CloseEvent(ctypes.Structure):
         ("ts_ns", c_uint64),
         ("send_bytes", c_uint64),
         ("recv_bytes", c_uint64),
+        ("gap_flags", ctypes.c_uint8 * 2),
+        ("_pad", ctypes.c_uint8 * 6),
     ]
 
 

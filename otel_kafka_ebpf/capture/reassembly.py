@@ -127,7 +127,8 @@ class StreamAssembler:
         if isinstance(raw, ev.OpenEvent):
             return self._open(raw)
         if isinstance(raw, ev.CloseEvent):
-            return self._close(raw.conn_id, self._wall(raw.ts_ns), (raw.send_bytes, raw.recv_bytes))
+            return self._close(raw.conn_id, self._wall(raw.ts_ns), (raw.send_bytes, raw.recv_bytes),
+                               tuple(raw.gap_flags))
         if isinstance(raw, ev.ExitEvent):
             out: list[StreamEvent] = []
             for conn_id in [cid for cid, c in self._conns.items() if c.pid == raw.pid]:
@@ -250,7 +251,8 @@ class StreamAssembler:
         self.stats.gap_bytes += length
         return StreamGap(conn_id, direction, ts, offset, length, reason)
 
-    def _close(self, conn_id: int, ts: int, final: tuple[int, int] | None) -> list[StreamEvent]:
+    def _close(self, conn_id: int, ts: int, final: tuple[int, int] | None,
+               gap_flags: tuple[int, int] = (0, 0)) -> list[StreamEvent]:
         conn = self._conns.pop(conn_id, None)
         if conn is None:
             return []
@@ -259,8 +261,10 @@ class StreamAssembler:
             for direction in (Direction.SEND, Direction.RECV):
                 missing = final[direction] - conn.next_offset[direction]
                 if missing > 0:
+                    # the close says why (bytes of runs the kernel skipped at the end: MISSED_RUN); with no
+                    # reason, the events that carried them were lost
                     out.append(self._gap(conn_id, direction, ts, conn.next_offset[direction], missing,
-                                         GapReason.RINGBUF_FULL))
+                                         gap_reason(gap_flags[direction])))
         out.append(ConnectionClosed(conn_id, ts))
         return out
 

@@ -123,16 +123,29 @@ def feed_traffic(prog: CaptureProgram, events: list, req: bytes, resp: bytes, tm
     return {"requests": requests, "expected": [requests * len(req), requests * len(resp)], "captured": captured,
             "lost_bytes": sum(lost), "lost": lost, "lost_by_reason": lost_by_reason, "connections": opened, "pairs": pairs, "answered_pairs": answered,
             "seconds": round(seconds, 3), "loadgen_pid": pid, "recursion_misses": missed, "ends": ends,
-            "lost_requests": _frames_hit(lost_ranges[0], len(req)), "lost_responses": _frames_hit(lost_ranges[1], len(resp)),
+            "lost_requests": len(_frames_hit(lost_ranges[0], len(req))),
+            "lost_responses": len(_frames_hit(lost_ranges[1], len(resp))),
+            # exchange i is request frame i and response frame i: those a loss touched at all, and those
+            # whose head (a request's size, key, version and correlation id; a response's size and
+            # correlation id) it took, which no decoder can answer
+            "exchanges_touched": len(_frames_hit(lost_ranges[0], len(req)) | _frames_hit(lost_ranges[1], len(resp))),
+            "exchanges_headless": len(_frames_hit(lost_ranges[0], len(req), REQUEST_HEAD)
+                                      | _frames_hit(lost_ranges[1], len(resp), RESPONSE_HEAD)),
             "loss_ranges": [len(lost_ranges[0]), len(lost_ranges[1])]}
 
 
-def _frames_hit(ranges: list[tuple[int, int]], frame: int) -> int:
-    """Frames of `frame` bytes each, back to back from offset 0, that a loss in `ranges` touches."""
+REQUEST_HEAD, RESPONSE_HEAD = 12, 8
+
+
+def _frames_hit(ranges: list[tuple[int, int]], frame: int, head: int | None = None) -> set[int]:
+    """Frames of `frame` bytes each, back to back from offset 0, that a loss in `ranges` touches (with
+    `head`: whose first `head` bytes it touches)."""
     hit: set[int] = set()
     for offset, length in ranges:
-        hit.update(range(offset // frame, (offset + length - 1) // frame + 1))
-    return len(hit)
+        for i in range(offset // frame, (offset + length - 1) // frame + 1):
+            if head is None or offset < i * frame + head:
+                hit.add(i)
+    return hit
 
 
 def loaded_facts(prog: CaptureProgram, started: float) -> dict:

@@ -54,6 +54,20 @@ def test_trailing_bytes_missing_at_close_become_a_gap():
     assert out[2] == ConnectionClosed(1, 5)
 
 
+def test_a_close_says_why_its_trailing_bytes_are_missing():
+    # the kernel skipped the runs of the connection's last syscalls (recursion_misses): the socket's
+    # sequence numbers at close say how many bytes each way, and the close carries the reason
+    a = StreamAssembler(clock_offset_ns=0)
+    a.feed(_open())
+    a.feed(_data(0, b"abc"))
+    close = ev.CloseEvent(type=ev.EV_CLOSE, pid=10, conn_id=1, ts_ns=5, send_bytes=10, recv_bytes=4)
+    close.gap_flags[1] = ev.GAP_MISSED_RUN
+    out = a.feed(close)
+    assert out[:2] == [StreamGap(1, Direction.SEND, 5, 3, 7, GapReason.RINGBUF_FULL),
+                       StreamGap(1, Direction.RECV, 5, 0, 4, GapReason.MISSED_RUN)]
+    assert out[2] == ConnectionClosed(1, 5)
+
+
 def test_overlap_is_trimmed_not_duplicated():
     a = StreamAssembler(clock_offset_ns=0)
     a.feed(_open())
