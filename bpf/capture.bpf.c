@@ -1042,11 +1042,11 @@ static __always_inline void missed_runs_before(struct conn *c, __u8 dir, __s32 b
 	}
 }
 
-/* The connection ends (its close, or its process's exit): the syscalls after its last one seen may have
- * been runs the kernel skipped too, with no syscall after them to tell. The socket says how far each
- * direction went. After close() or shutdown() the kernel has queued our FIN (one sequence number past
- * the last byte in write_seq) and, once the peer's FIN came (LAST_ACK, CLOSING), a read that reached it counted it; a
- * socket already CLOSE (reset, or handed to a timewait socket) says nothing that can be trusted. */
+/* The connection is closed: the syscalls after its last one seen may have been runs the kernel skipped
+ * too, with no syscall after them to tell. The socket says how far each direction went. After close() or
+ * shutdown() the kernel has queued our FIN (one sequence number past the last byte in write_seq) and, once
+ * the peer's FIN came (CLOSE_WAIT, LAST_ACK, CLOSING), a read that reached it counted it; a socket already
+ * CLOSE (reset, or handed to a timewait socket) says nothing that can be trusted. */
 static __noinline void note_tail(struct conn *c, __u64 sk)
 {
 	if (!c || c->tls != OKE_TLS_NONE)
@@ -1056,8 +1056,8 @@ static __noinline void note_tail(struct conn *c, __u64 sk)
 	__u8 state = BPF_CORE_READ(s, __sk_common.skc_state);
 	if (state == TCP_CLOSE || state == TCP_LISTEN || state == TCP_SYN_SENT || state == TCP_SYN_RECV)
 		return;
-	bool our_fin = (BPF_CORE_READ(s, sk_shutdown) & OKE_SEND_SHUTDOWN) && (state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 || state == TCP_CLOSING ||
-				  state == TCP_LAST_ACK);
+	bool our_fin = (BPF_CORE_READ(s, sk_shutdown) & OKE_SEND_SHUTDOWN) &&
+		       (state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 || state == TCP_CLOSING || state == TCP_LAST_ACK);
 	bool their_fin = state == TCP_CLOSE_WAIT || state == TCP_LAST_ACK || state == TCP_CLOSING;
 	__u32 seq[2];
 	seq[OKE_DIR_SEND] = BPF_CORE_READ(tp, write_seq) - our_fin;

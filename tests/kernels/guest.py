@@ -120,15 +120,15 @@ def feed_traffic(prog: CaptureProgram, events: list, req: bytes, resp: bytes, tm
                 answered += pair.response_ts_ns is not None and pair.response_error in (None, HEADS_ONLY)
     for pair in decoder.finish():
         pairs += 1
+    requests_hit, responses_hit = _frames_hit(lost_ranges[0], len(req)), _frames_hit(lost_ranges[1], len(resp))
     return {"requests": requests, "expected": [requests * len(req), requests * len(resp)], "captured": captured,
             "lost_bytes": sum(lost), "lost": lost, "lost_by_reason": lost_by_reason, "connections": opened, "pairs": pairs, "answered_pairs": answered,
             "seconds": round(seconds, 3), "loadgen_pid": pid, "recursion_misses": missed, "ends": ends,
-            "lost_requests": len(_frames_hit(lost_ranges[0], len(req))),
-            "lost_responses": len(_frames_hit(lost_ranges[1], len(resp))),
+            "lost_requests": len(requests_hit), "lost_responses": len(responses_hit),
             # exchange i is request frame i and response frame i: those a loss touched at all, and those
             # whose head (a request's size, key, version and correlation id; a response's size and
             # correlation id) it took, which no decoder can answer
-            "exchanges_touched": len(_frames_hit(lost_ranges[0], len(req)) | _frames_hit(lost_ranges[1], len(resp))),
+            "exchanges_touched": len(requests_hit | responses_hit),
             "exchanges_headless": len(_frames_hit(lost_ranges[0], len(req), REQUEST_HEAD)
                                       | _frames_hit(lost_ranges[1], len(resp), RESPONSE_HEAD)),
             "loss_ranges": [len(lost_ranges[0]), len(lost_ranges[1])]}
