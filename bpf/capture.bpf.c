@@ -964,29 +964,53 @@ static __always_inline void skip_sendfile(struct conn *c, __u32 n)
 	}
 }
 
-#define OKE_RCV_SHUTDOWN 1  /* include/net/sock.h: the peer shut its side (a FIN came) */
-#define OKE_SEND_SHUTDOWN 2 /* include/net/sock.h: this side shut its sending (close, shutdown: a FIN queued) */
+#define OKE_SOCK_DONE 1     /* include/net/sock.h, enum sock_flags: the peer's FIN came (tcp_fin), in every state
+                             * after it, CLOSE too (tcp_done sets sk_shutdown whole, SOCK_DONE never) */
 
-/* Where this direction of the TCP stream is now, mod 2^32: the next byte the user will read (receive) or
- * the next byte it queued (send). A read that reached the peer's FIN has counted it as one sequence number
- * (copied_seq then equals rcv_nxt, past the FIN, and the peer has shut its side): that one is no byte. */
-static __always_inline __u32 tcp_seq_now(__u64 sk, __u8 dir)
+/* The next byte the user will read, mod 2^32. A read that reached the peer's FIN counted it in copied_seq
+ * (it then equals rcv_nxt, which counts the FIN too): one sequence number that is no byte. */
+static __always_inline __u32 tcp_read_seq(__u64 sk)
 {
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
-	if ((dir & 1) != OKE_DIR_RECV)
-		return BPF_CORE_READ(tp, write_seq);
-	__u32 seq = BPF_CORE_READ(tp, copied_seq);
 	struct sock *s = (struct sock *)sk;
-	if ((BPF_CORE_READ(s, sk_shutdown) & OKE_RCV_SHUTDOWN) &&
-	    BPF_CORE_READ(s, __sk_common.skc_state) != TCP_ESTABLISHED && seq == BPF_CORE_READ(tp, rcv_nxt))
+	__u32 seq = BPF_CORE_READ(tp, copied_seq);
+	if ((BPF_CORE_READ(s, __sk_common.skc_flags) >> OKE_SOCK_DONE & 1) && seq == BPF_CORE_READ(tp, rcv_nxt))
 		seq--;
 	return seq;
+}
+
+/* Where this direction of the TCP stream is now, mod 2^32: the next byte the user will read (receive) or
+ * the next byte it queued (send; a send returns only before our FIN, which close or shutdown queue). */
+static __always_inline __u32 tcp_seq_now(__u64 sk, __u8 dir)
+{
+	if ((dir & 1) != OKE_DIR_RECV)
+		return BPF_CORE_READ((struct tcp_sock *)sk, write_seq);
+	return tcp_read_seq(sk);
 }
 
 /* Offset 0 of the direction's stream is at TCP sequence number `seq` less `d->offset`. */
 static __always_inline void learn_seq(struct dir_state *d, __u32 seq)
 {
 	d->seq_base = seq - (__u32)d->offset;
+	d->seq_known = 1;
+}
+
+/* Whether `seq` is the first byte this side ever sent: snd_una less the bytes acknowledged is where its
+ * stream began (its SYN counted in bytes_acked or not, by role and kernel: within one). */
+static __always_inline bool at_send_start(__u64 sk, __u32 seq)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	return seq - (BPF_CORE_READ(tp, snd_una) - (__u32)BPF_CORE_READ(tp, bytes_acked)) <= 1;
+}
+
+/* Offset 0 of the receive stream is the first byte the peer ever sent: rcv_nxt less the bytes received
+ * (both count the peer's FIN alike). A connection whose connect() the program never ran for (a skipped
+ * run) is first seen at its first request, and a run skipped since may have read the answer to it
+ * already: learnt at the socket's read position, that answer would vanish without a word. */
+static __always_inline void learn_recv_start(struct dir_state *d, __u64 sk)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	d->seq_base = BPF_CORE_READ(tp, rcv_nxt) - (__u32)BPF_CORE_READ(tp, bytes_received);
 	d->seq_known = 1;
 }
 
@@ -1005,8 +1029,12 @@ static __noinline void note_unseen(struct conn *c, __u64 sk, __u8 dir, __u32 n)
 	struct dir_state *d = &c->dir[dir & 1];
 	__u32 first = tcp_seq_now(sk, dir) - n;  /* the sequence number of the syscall's first byte */
 	struct dir_state *other = &c->dir[(dir & 1) ^ 1];
-	if (!other->seq_known)  /* the connection is established: both sequence numbers hold */
-		learn_seq(other, tcp_seq_now(sk, dir ^ 1));
+	if (!other->seq_known) {  /* the connection is established: both sequence numbers hold */
+		if ((dir & 1) == OKE_DIR_SEND && !d->seq_known && at_send_start(sk, first - (__u32)d->offset))
+			learn_recv_start(other, sk);
+		else
+			learn_seq(other, tcp_seq_now(sk, dir ^ 1));
+	}
 	if (!d->seq_known) {
 		learn_seq(d, first);
 		return;
@@ -1043,26 +1071,25 @@ static __always_inline void missed_runs_before(struct conn *c, __u8 dir, __s32 b
 }
 
 /* The connection is closed: the syscalls after its last one seen may have been runs the kernel skipped
- * too, with no syscall after them to tell. The socket says how far each direction went. After close() or
- * shutdown() the kernel has queued our FIN (one sequence number past the last byte in write_seq) and, once
- * the peer's FIN came (CLOSE_WAIT, LAST_ACK, CLOSING), a read that reached it counted it; a socket already
- * CLOSE (reset, or handed to a timewait socket) says nothing that can be trusted. */
+ * too, with no syscall after them to tell. The socket says how far each direction went. Our FIN, once
+ * close() or shutdown() queued it, is one sequence number past the last byte in write_seq: in FIN_WAIT1,
+ * FIN_WAIT2, CLOSING and LAST_ACK, and in CLOSE after the peer's FIN (both FINs: the socket went on to
+ * TIME_WAIT, or our FIN was acknowledged in LAST_ACK). A socket CLOSE without the peer's FIN was reset, and
+ * what it queued says nothing that can be trusted. Runs at close(), not when a process exits without it. */
 static __noinline void note_tail(struct conn *c, __u64 sk)
 {
 	if (!c || c->tls != OKE_TLS_NONE)
 		return;  /* a TLS library's plaintext has no place in the TCP sequence */
 	struct sock *s = (struct sock *)sk;
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
 	__u8 state = BPF_CORE_READ(s, __sk_common.skc_state);
-	if (state == TCP_CLOSE || state == TCP_LISTEN || state == TCP_SYN_SENT || state == TCP_SYN_RECV)
+	bool their_fin = BPF_CORE_READ(s, __sk_common.skc_flags) >> OKE_SOCK_DONE & 1;
+	if (state == TCP_LISTEN || state == TCP_SYN_SENT || state == TCP_SYN_RECV || (state == TCP_CLOSE && !their_fin))
 		return;
-	bool our_fin = (BPF_CORE_READ(s, sk_shutdown) & OKE_SEND_SHUTDOWN) &&
-		       (state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 || state == TCP_CLOSING || state == TCP_LAST_ACK);
-	bool their_fin = state == TCP_CLOSE_WAIT || state == TCP_LAST_ACK || state == TCP_CLOSING;
+	bool our_fin = state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 || state == TCP_CLOSING ||
+		       state == TCP_LAST_ACK || state == TCP_CLOSE;
 	__u32 seq[2];
-	seq[OKE_DIR_SEND] = BPF_CORE_READ(tp, write_seq) - our_fin;
-	__u32 copied = BPF_CORE_READ(tp, copied_seq);
-	seq[OKE_DIR_RECV] = copied - (their_fin && copied == BPF_CORE_READ(tp, rcv_nxt));
+	seq[OKE_DIR_SEND] = BPF_CORE_READ((struct tcp_sock *)sk, write_seq) - our_fin;
+	seq[OKE_DIR_RECV] = tcp_read_seq(sk);
 	for (__u8 dir = 0; dir < 2; dir++) {
 		struct dir_state *d = &c->dir[dir];
 		if (!d->seq_known)
