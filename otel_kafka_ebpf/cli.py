@@ -298,7 +298,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     next_status = [time.monotonic() + args.status_interval] if args.status_interval else None
 
     def on_poll() -> None:
-        agent.pipeline.tick()
+        agent.pipeline.tick(live.judging_ns(agent.pipeline.now_ns))
         if writer is not None:
             writer.flush_if_due()
         if next_status and time.monotonic() >= next_status[0]:
@@ -364,7 +364,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     agent = Agent(cfg, live=True, capture_counters=live.current_counters,
                   capture_program=lambda: (live.loaded, live.refusal))
     agent.pipeline.add_sink(TopView(agent.metrics, agent.resources, sys.stdout, clear=sys.stdout.isatty()))
-    live.on_poll = agent.pipeline.tick
+    live.on_poll = lambda: agent.pipeline.tick(live.judging_ns(agent.pipeline.now_ns))
     try:
         with _stop_on_signals(live):
             agent.run(iter(live))

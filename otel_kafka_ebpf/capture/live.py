@@ -82,6 +82,21 @@ class LiveCapture:
     def stop(self) -> None:
         self._stop.set()
 
+    def known_until_ns(self) -> int:
+        """The wall time (ns) up to which the capture has handed over everything the kernel saw: the start of
+        the last ring read that emptied it. Behind the wall clock while the agent works off a backlog (a burst,
+        a starved CPU), so a status is judged on what it has read, not on time it has not read yet; 0 before the
+        first such read."""
+        prog = self.program
+        drained = prog.drained_mono_ns if prog is not None else 0
+        return drained + self.assembler.clock_offset_ns if drained else 0
+
+    def judging_ns(self, latest_event_ns: int) -> int:
+        """The time to run timers (a status, an export) at after a poll: the wall clock as far as the capture
+        has read it (known_until_ns), and never before the latest event handed over."""
+        known = self.known_until_ns()
+        return max(known, latest_event_ns) if known else (latest_event_ns or time.time_ns())
+
     def current_counters(self) -> dict[str, int]:
         """The kernel's counters now (while running), or as they were at the end."""
         prog = self.program

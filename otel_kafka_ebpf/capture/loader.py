@@ -253,6 +253,9 @@ class CaptureProgram:
         self._obj = None
         self._links: list[int] = []
         self._rb: RingBuffer | None = None
+        # CLOCK_MONOTONIC (bpf_ktime_get_ns's clock) just before the last read that emptied the ring: every event
+        # the kernel had written by then has been handed over (0: not yet)
+        self.drained_mono_ns = 0
         self.callback_errors = 0
         self._maps: dict[str, int] = {}
         self._ncpus = 0
@@ -493,7 +496,10 @@ class CaptureProgram:
         kernel wakes the reader only once enough waits, so a quiet ring costs one wake-up per timeout."""
         rb = self._rb
         rb.wait(timeout_ms)
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         records = rb.read(POLL_BATCH)
+        if len(records) < POLL_BATCH:
+            self.drained_mono_ns = before
         on_event = self._on_event
         on_data = self._on_data_record
         for raw in records:

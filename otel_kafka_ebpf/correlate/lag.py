@@ -735,15 +735,18 @@ class LagTracker:
 
     def _settle_cause(self, p: Position, m: Measure, now_ns: int, force: bool = False) -> tuple[str, tuple]:
         """The cause as the evidence tells it, within what the status admits; a change within one status holds
-        for `hold_cause` first, a change the status forces is at once."""
+        for `hold_cause` first, a change the status forces is at once. What holds is that the evidence no longer
+        says the cause named: once that held `hold_cause`, the cause it says then is named (evidence that
+        wavers between two new causes, a loaded machine's processing and a full fetch, still names one)."""
         cause, evidence = self.cause(p, m, now_ns)
         if cause == p.cause:
             p.cause_candidate = None
         elif force or p.cause not in CAUSES_OF[p.status]:
             p.cause, p.cause_candidate = cause, None
         else:
-            if cause != p.cause_candidate:
-                p.cause_candidate, p.cause_ns = cause, now_ns
+            if p.cause_candidate is None:
+                p.cause_ns = now_ns
+            p.cause_candidate = cause
             if now_ns - p.cause_ns >= self.rules.hold_cause_ns:
                 p.cause, p.cause_candidate = cause, None
         return p.cause, evidence

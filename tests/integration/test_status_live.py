@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +142,58 @@ def test_stopped_or_killed_in_the_middle_of_a_slow_batch_is_stop_within_a_second
         back = next(((t, a) for t, a in run["records"] if t >= run["resumed"]), None)
         assert back is not None and back[1]["otel_kafka_ebpf.consumer.status"] in ("WARN", "OK"), story
         assert back[0] - run["resumed"] <= 5_000_000_000, story
+
+
+LOADGEN = Path(__file__).resolve().parents[2] / "bench" / ".output" / "loadgen"
+FREEZE_S = 3.0  # the agent is descheduled (SIGSTOP) this long, under load: seconds of events wait in the ring
+NOISE_RATE = 5_000  # Kafka-framed requests/s beside the consumer (bench/loadgen.c, Produce frames recorded)
+
+
+def test_an_agent_that_falls_behind_judges_a_consumer_on_what_it_has_read_not_on_the_clock(
+        kafka_broker, topic_factory, tmp_path, collector_factory):
+    """An agent that is seconds behind its ring buffer (a starved CPU, a burst) must not say STOP of a consumer
+    that fetched all along: the fetches are there, in the ring, not read yet. Here the agent is descheduled for
+    3 s (SIGSTOP) while a consumer keeps up with 100 messages/s and loadgen sends 5,000 Kafka-framed requests/s
+    beside it: some 30,000 events wait, many reads' worth (POLL_BATCH), and it works them off for seconds
+    after. It judges each consumer as of what it has read: no STOP, no STALL, and its status stays OK."""
+    sys.path.insert(0, str(LOADGEN.parents[1]))
+    from bench_decoder import pick_frames
+
+    req, resp = pick_frames("java-plain")["produce"]
+    (tmp_path / "req.bin").write_bytes(req)
+    (tmp_path / "resp.bin").write_bytes(resp)
+    topic = topic_factory(partitions=1)
+    group = f"{topic}-behind-g"
+    collector = collector_factory("file-only.yaml")
+    watch = StatusWatch(collector, group)
+    env = dict(collector.agent_env(), OTEL_METRIC_EXPORT_INTERVAL="500")
+    opts = dict(partitions=1, size=100, rate=RATE, linger_ms=0, timeout_s=120)
+    # not --ports-only: loadgen's connection is Kafka by its frames, on a port of its own
+    with AgentCLI("run", "--kafka-port", str(kafka_broker.port), ready="exporting", env=env) as agent:
+        with Workload("go", kafka_broker.bootstrap, topic, tmp_path / "p.jsonl", mode="produce", messages=20000,
+                      **opts) as producer, \
+                Workload("go", kafka_broker.bootstrap, topic, tmp_path / "c.jsonl", mode="consume", group=group,
+                         messages=20000, **opts) as consumer:
+            assert wait_for(lambda: any(v >= 800 for _, v in watch.gauges("otel_kafka_ebpf.consumer.position")),
+                            90), watch.gauges("otel_kafka_ebpf.consumer.position")
+            load = subprocess.Popen([str(LOADGEN), str(tmp_path / "req.bin"), str(tmp_path / "resp.bin"),
+                                     str(NOISE_RATE), "12", "256"], stdout=subprocess.PIPE, text=True)
+            time.sleep(2.0)
+            frozen = time.time_ns()
+            os.kill(agent.pid, signal.SIGSTOP)
+            time.sleep(FREEZE_S)
+            os.kill(agent.pid, signal.SIGCONT)
+            requests = int(load.communicate(timeout=60)[0].split()[0])
+            time.sleep(2.0)
+            end = time.time_ns()
+            producer.kill()
+            consumer.kill()
+        time.sleep(1.0)
+    records = [(t, a) for t, a in watch.records() if t >= frozen - 2_000_000_000]
+    story = "\n".join(f"{(t - frozen) / 1e9:+.1f} s {a['otel_kafka_ebpf.consumer.previous_status']} -> "
+                      f"{a['otel_kafka_ebpf.consumer.status']} ({a.get('otel_kafka_ebpf.lag.cause')}): {a['body']}"
+                      for t, a in records)
+    assert requests >= NOISE_RATE * 12 * 0.9, requests  # the load was there: the agent had a backlog to work off
+    assert not any(a["otel_kafka_ebpf.consumer.status"] in ("STOP", "STALL") for t, a in records if t < end), story
+    points = [(t, code) for t, code, _ in _status_points(watch) if frozen <= t <= end]
+    assert points and all(code == 0 for _, code in points), (points, story)
