@@ -967,25 +967,24 @@ static __always_inline void skip_sendfile(struct conn *c, __u32 n)
 #define OKE_SOCK_DONE 1     /* include/net/sock.h, enum sock_flags: the peer's FIN came (tcp_fin), in every state
                              * after it, CLOSE too (tcp_done sets sk_shutdown whole, SOCK_DONE never) */
 
-/* The next byte the user will read, mod 2^32. A read that reached the peer's FIN counted it in copied_seq
- * (it then equals rcv_nxt, which counts the FIN too): one sequence number that is no byte. */
-static __always_inline __u32 tcp_read_seq(__u64 sk)
+static __always_inline bool peer_fin_came(__u64 sk)
 {
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
-	struct sock *s = (struct sock *)sk;
-	__u32 seq = BPF_CORE_READ(tp, copied_seq);
-	if ((BPF_CORE_READ(s, __sk_common.skc_flags) >> OKE_SOCK_DONE & 1) && seq == BPF_CORE_READ(tp, rcv_nxt))
-		seq--;
-	return seq;
+	return BPF_CORE_READ((struct sock *)sk, __sk_common.skc_flags) >> OKE_SOCK_DONE & 1;
 }
 
 /* Where this direction of the TCP stream is now, mod 2^32: the next byte the user will read (receive) or
- * the next byte it queued (send; a send returns only before our FIN, which close or shutdown queue). */
+ * the next byte it queued (send; a send returns only before our FIN, which close or shutdown queue). A read
+ * that reached the peer's FIN counted it in copied_seq (it then equals rcv_nxt, which counts the FIN too):
+ * one sequence number that is no byte. */
 static __always_inline __u32 tcp_seq_now(__u64 sk, __u8 dir)
 {
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
 	if ((dir & 1) != OKE_DIR_RECV)
-		return BPF_CORE_READ((struct tcp_sock *)sk, write_seq);
-	return tcp_read_seq(sk);
+		return BPF_CORE_READ(tp, write_seq);
+	__u32 seq = BPF_CORE_READ(tp, copied_seq);
+	if (peer_fin_came(sk) && seq == BPF_CORE_READ(tp, rcv_nxt))
+		seq--;
+	return seq;
 }
 
 /* Offset 0 of the direction's stream is at TCP sequence number `seq` less `d->offset`. */
@@ -1082,19 +1081,17 @@ static __noinline void note_tail(struct conn *c, __u64 sk)
 		return;  /* a TLS library's plaintext has no place in the TCP sequence */
 	struct sock *s = (struct sock *)sk;
 	__u8 state = BPF_CORE_READ(s, __sk_common.skc_state);
-	bool their_fin = BPF_CORE_READ(s, __sk_common.skc_flags) >> OKE_SOCK_DONE & 1;
-	if (state == TCP_LISTEN || state == TCP_SYN_SENT || state == TCP_SYN_RECV || (state == TCP_CLOSE && !their_fin))
+	if (state == TCP_LISTEN || state == TCP_SYN_SENT || state == TCP_SYN_RECV ||
+	    (state == TCP_CLOSE && !peer_fin_came(sk)))
 		return;
 	bool our_fin = state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 || state == TCP_CLOSING ||
 		       state == TCP_LAST_ACK || state == TCP_CLOSE;
-	__u32 seq[2];
-	seq[OKE_DIR_SEND] = BPF_CORE_READ((struct tcp_sock *)sk, write_seq) - our_fin;
-	seq[OKE_DIR_RECV] = tcp_read_seq(sk);
 	for (__u8 dir = 0; dir < 2; dir++) {
 		struct dir_state *d = &c->dir[dir];
 		if (!d->seq_known)
 			continue;
-		__s32 behind = (__s32)(seq[dir] - d->seq_base - (__u32)d->offset);
+		__u32 seq = tcp_seq_now(sk, dir) - (dir == OKE_DIR_SEND && our_fin);
+		__s32 behind = (__s32)(seq - d->seq_base - (__u32)d->offset);
 		if (behind > 0)
 			missed_runs_before(c, dir, behind);
 	}

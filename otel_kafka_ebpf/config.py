@@ -236,7 +236,7 @@ class LagConfig(_Table):
     hold_warn_s: float = Field(1.0, ge=0, le=3600, description="OK -> WARN once the rising trend held this long")
     hold_ok_s: float = Field(5.0, ge=0, le=3600, description="WARN -> OK once the lag stopped rising this long")
     hold_stop_s: float = Field(0.0, ge=0, le=60, description="-> STOP/STALL once its evidence held this long")
-    hold_cause_s: float = Field(1.0, ge=0, le=3600, description="a new cause once its evidence held this long")
+    hold_cause_s: float = Field(1.0, ge=0, le=3600, description="a new cause once the evidence left the old one this long")
     processing_factor: float = Field(3.0, ge=1, le=1000, description="cause processing: time per record this "
                                      "many times what it was while caught up")
     processing_min_ms: float = Field(1.0, ge=0, le=60_000, description="and at least this per record")

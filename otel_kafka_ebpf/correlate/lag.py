@@ -86,7 +86,7 @@ class StatusRules:
     hold_warn_ns: int = 1_000_000_000  # OK -> WARN once the rising trend held this long
     hold_ok_ns: int = WINDOW_NS  # WARN -> OK once it stopped rising for this long
     hold_stop_ns: int = 0  # -> STOP/STALL: the rules wait already (grace, pace, stall); the kernel's word is final
-    hold_cause_ns: int = 1_000_000_000  # a new cause (within one status) once its evidence held this long
+    hold_cause_ns: int = 1_000_000_000  # a new cause (within one status) once the evidence left the old one this long
     processing_factor: float = 3.0  # processing: time per record this many times what it was while caught up
     processing_min_ns: int = 1_000_000  # and at least this per record
     broker_factor: float = 3.0  # broker: fetch latency (fetches with records) this many times its usual
