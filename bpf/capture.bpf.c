@@ -1002,6 +1002,28 @@ static __always_inline bool at_send_start(__u64 sk, __u32 seq)
 	return seq - (BPF_CORE_READ(tp, snd_una) - (__u32)BPF_CORE_READ(tp, bytes_acked)) <= 1;
 }
 
+/* A connection first seen at a send of its stream's first byte, before anything was read of it: its connect()
+ * run was skipped (a preempted run), or it had not spoken yet when the agent started. Whoever speaks first in
+ * Kafka is the client, and both streams start here as after connect(): the role is told, not left unknown, and
+ * the stream is not joined mid-way. */
+static __always_inline bool client_at_start(struct conn *c, struct active_op *op, __u32 total)
+{
+	return c->role == OKE_ROLE_UNKNOWN && (op->direction & 1) == OKE_DIR_SEND && !op->tls &&
+	       op->kind != OP_MMSG && c->dir[OKE_DIR_SEND].offset == 0 && c->dir[OKE_DIR_RECV].offset == 0 &&
+	       at_send_start(op->sk, tcp_seq_now(op->sk, OKE_DIR_SEND) - total);
+}
+
+static __noinline void adopt_client_start(struct conn *c)
+{
+	if (!c)
+		return;
+	c->role = OKE_ROLE_CLIENT;
+	if (c->verdict == CONN_KAFKA) {  /* forced by its port: classified already, as a joined stream */
+		c->dir[0].synced = c->dir[1].synced = 1;
+		c->dir[0].gap_flags = c->dir[1].gap_flags = 0;
+	}
+}
+
 /* Offset 0 of the receive stream is the first byte the peer ever sent: rcv_nxt less the bytes received
  * (both count the peer's FIN alike). A connection whose connect() the program never ran for (a skipped
  * run) is first seen at its first request, and a run skipped since may have read the answer to it
@@ -1116,6 +1138,8 @@ static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op *op, l
 		skip_sendfile(c, ret);
 		return;
 	}
+	if (!c->open_sent && client_at_start(c, op, ret))
+		adopt_client_start(c);  /* classify then judges it as after connect() */
 	if (c->verdict == CONN_UNKNOWN) {
 		if (sb)
 			classify(c, sb, op, ret);
@@ -1321,7 +1345,8 @@ static __always_inline int on_sys_exit(struct pt_regs *regs, long ret, const boo
 		return 0;
 	case OKE_NR_close:
 	case OKE_NR_dup2:
-	case OKE_NR_dup3: {
+	case OKE_NR_dup3:
+	case OKE_NR_socket: {
 		if (ret < 0)
 			return 0;
 		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -1330,8 +1355,10 @@ static __always_inline int on_sys_exit(struct pt_regs *regs, long ret, const boo
 		if (OKE_SYSCALL_NR(regs) == OKE_NR_close) {
 			on_close(tgid, OKE_SYSCALL_ARG1(regs));
 		} else {
-			/* newfd now names another file: a verdict cached for it no longer holds */
-			int newfd = OKE_SYSCALL_ARG2(regs);
+			/* newfd now names another file: a verdict cached for it no longer holds. A new socket's
+			 * number too: the close() of the file that had it may be a run the kernel skipped, and
+			 * connect() another, and then the whole connection would pass as that file. */
+			int newfd = OKE_SYSCALL_NR(regs) == OKE_NR_socket ? (int)ret : (int)OKE_SYSCALL_ARG2(regs);
 			__u64 key = fd_key(tgid, newfd);
 			bpf_map_delete_elem(&fd_verdicts, &key);
 		}
@@ -1381,10 +1408,15 @@ int BPF_PROG(sys_exit_heads, struct pt_regs *regs, long ret)
 }
 
 /* What a process that exits left unfinished of its frames goes out before its exit event (it never
- * calls close(): the kernel closes its files). */
+ * calls close(): the kernel closes its files, after this tracepoint). Runs the kernel skipped at the
+ * connection's end are told from its socket as at close(), while the socket is still the connection's
+ * (its file's inode is the one the connection was seen on: a socket freed since says nothing). */
 static long flush_conn_of(struct bpf_map *map, __u64 *key, struct conn *c, void *ctx)
 {
 	if (c->tgid == *(__u32 *)ctx && c->verdict == CONN_KAFKA && c->open_sent) {
+		struct sock *sk = (struct sock *)*key;
+		if (BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino) == c->ino)
+			note_tail(c, *key);
 		pending_flush(c, OKE_DIR_SEND);
 		pending_flush(c, OKE_DIR_RECV);
 	}

@@ -15,6 +15,7 @@
 #define OKE_NR_dup3      292
 #define OKE_NR_readv     19
 #define OKE_NR_writev    20
+#define OKE_NR_socket    41
 #define OKE_NR_connect   42
 #define OKE_NR_accept    43
 #define OKE_NR_sendto    44
@@ -35,6 +36,7 @@
 #define OKE_NR_write     64
 #define OKE_NR_readv     65
 #define OKE_NR_writev    66
+#define OKE_NR_socket    198
 #define OKE_NR_connect   203
 #define OKE_NR_accept    202
 #define OKE_NR_sendto    206

@@ -236,3 +236,44 @@ def test_dup2_onto_a_remembered_fd_number_is_still_captured(kafka_broker):
     sent = [c.stream(Direction.SEND)[0] for c in capture.connections().values()
             if c.opened.remote_port == kafka_broker.port]
     assert any(client_id.encode() in data for data in sent), "the request sent through the dup2'd fd was not captured"
+
+
+
+_IDLE_CLIENT = r"""
+import socket, struct, sys
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
+print(sock.getsockname()[1], flush=True)
+sys.stdin.readline()  # connected and silent until the agent is attached
+for correlation_id in (1, 2, 3):
+    client_id = b"idle-before-agent"
+    body = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id  # ApiVersions v0
+    sock.sendall(struct.pack(">i", len(body)) + body)
+    (size,) = struct.unpack(">i", sock.recv(4, socket.MSG_WAITALL))
+    sock.recv(size, socket.MSG_WAITALL)
+sock.close()
+"""
+
+
+def test_a_client_that_connected_before_the_agent_and_speaks_after_is_a_client_from_its_first_byte(kafka_broker):
+    """A connection the agent never saw open (connected before it started, as after a connect() run the kernel
+    skipped): when its first syscall seen sends the stream's first byte, it is a client at the start of both
+    streams, whole and without a gap, not a stream joined mid-way."""
+    with LoopbackCapture(kafka_broker.port) as pcap:
+        client = subprocess.Popen([sys.executable, "-c", _IDLE_CLIENT, str(kafka_broker.port)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        local_port = int(client.stdout.readline())
+        with BackgroundCapture(CaptureSettings(mode="full")) as capture:
+            client.stdin.write("go\n")
+            client.stdin.flush()
+            assert client.wait(60) == 0, client.stderr.read()
+            time.sleep(0.5)
+    ref = pcap.streams()[(local_port, kafka_broker.port)]
+    mine = [c for c in capture.connections().values()
+            if c.opened.pid == client.pid and c.opened.local_port == local_port]
+    assert len(mine) == 1, capture.connections()
+    conn = mine[0]
+    assert conn.opened.role.name == "CLIENT"
+    for direction, wire in ((Direction.SEND, bytes(ref.c2s)), (Direction.RECV, bytes(ref.s2c))):
+        got, gaps = conn.stream(direction)
+        assert not gaps, f"{direction.name}: {gaps}"
+        assert bytes(got) == wire, f"{direction.name}: {len(got)} bytes captured of {len(wire)}"
