@@ -132,6 +132,14 @@ static __always_inline __u64 fd_key(__u32 tgid, int fd)
 	return ((__u64)tgid << 32) | (__u32)fd;
 }
 
+/* fd now names another file (a new socket, a connect() or accept()): a verdict cached for its number no
+ * longer holds. */
+static __noinline void forget_verdict(__u32 tgid, int fd)
+{
+	__u64 key = fd_key(tgid, fd);
+	bpf_map_delete_elem(&fd_verdicts, &key);
+}
+
 /* task -> files -> fdt -> fd[fd] -> file; a TCP socket's struct sock, or NULL. */
 static __noinline struct sock *tcp_sock_of_fd(int fd, __u64 *ino, bool *is_socket)
 {
@@ -1005,17 +1013,12 @@ static __always_inline bool at_send_start(__u64 sk, __u32 seq)
 /* A connection first seen at a send of its stream's first byte, before anything was read of it: its connect()
  * run was skipped (a preempted run), or it had not spoken yet when the agent started. Whoever speaks first in
  * Kafka is the client, and both streams start here as after connect(): the role is told, not left unknown, and
- * the stream is not joined mid-way. */
-static __always_inline bool client_at_start(struct conn *c, struct active_op *op, __u32 total)
+ * the stream is not joined mid-way. Its own frame: the socket reads stay off the syscall program's. */
+static __noinline void adopt_client_start(struct conn *c, struct active_op *op, __u32 total)
 {
-	return c->role == OKE_ROLE_UNKNOWN && (op->direction & 1) == OKE_DIR_SEND && !op->tls &&
-	       op->kind != OP_MMSG && c->dir[OKE_DIR_SEND].offset == 0 && c->dir[OKE_DIR_RECV].offset == 0 &&
-	       at_send_start(op->sk, tcp_seq_now(op->sk, OKE_DIR_SEND) - total);
-}
-
-static __noinline void adopt_client_start(struct conn *c)
-{
-	if (!c)
+	if (!c || !op || c->role != OKE_ROLE_UNKNOWN || (op->direction & 1) != OKE_DIR_SEND || op->tls ||
+	    op->kind == OP_MMSG || c->dir[OKE_DIR_SEND].offset || c->dir[OKE_DIR_RECV].offset ||
+	    !at_send_start(op->sk, tcp_seq_now(op->sk, OKE_DIR_SEND) - total))
 		return;
 	c->role = OKE_ROLE_CLIENT;
 	if (c->verdict == CONN_KAFKA) {  /* forced by its port: classified already, as a joined stream */
@@ -1108,12 +1111,14 @@ static __noinline void note_tail(struct conn *c, __u64 sk)
 		return;
 	bool our_fin = state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 || state == TCP_CLOSING ||
 		       state == TCP_LAST_ACK || state == TCP_CLOSE;
+	__u32 seq[2];  /* read once each, before the loop: inside it, the frame grew by the reads' spills */
+	seq[OKE_DIR_SEND] = tcp_seq_now(sk, OKE_DIR_SEND) - our_fin;
+	seq[OKE_DIR_RECV] = tcp_seq_now(sk, OKE_DIR_RECV);
 	for (__u8 dir = 0; dir < 2; dir++) {
 		struct dir_state *d = &c->dir[dir];
 		if (!d->seq_known)
 			continue;
-		__u32 seq = tcp_seq_now(sk, dir) - (dir == OKE_DIR_SEND && our_fin);
-		__s32 behind = (__s32)(seq - d->seq_base - (__u32)d->offset);
+		__s32 behind = (__s32)(seq[dir] - d->seq_base - (__u32)d->offset);
 		if (behind > 0)
 			missed_runs_before(c, dir, behind);
 	}
@@ -1138,8 +1143,8 @@ static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op *op, l
 		skip_sendfile(c, ret);
 		return;
 	}
-	if (!c->open_sent && client_at_start(c, op, ret))
-		adopt_client_start(c);  /* classify then judges it as after connect() */
+	if (!c->open_sent && c->role == OKE_ROLE_UNKNOWN)
+		adopt_client_start(c, op, ret);  /* classify then judges it as after connect() */
 	if (c->verdict == CONN_UNKNOWN) {
 		if (sb)
 			classify(c, sb, op, ret);
@@ -1216,8 +1221,7 @@ static __always_inline void on_data_exit(__u64 pid_tgid, struct active_op *op, l
 /* connect()/accept() tell the role, and that both streams start here */
 static __noinline void new_conn(__u32 tgid, int fd, __u8 role)
 {
-	__u64 key = fd_key(tgid, fd);
-	bpf_map_delete_elem(&fd_verdicts, &key);
+	forget_verdict(tgid, fd);
 	__u64 ino = 0;
 	bool is_socket;
 	struct sock *sk = tcp_sock_of_fd(fd, &ino, &is_socket);
@@ -1318,6 +1322,15 @@ static __noinline void exec_mapped(void)
 	count(OKE_CNT_EVENTS, 1);
 }
 
+/* A new socket took the number fd: the close() of the file that had it may be a run the kernel skipped, and
+ * connect() another, and then the whole connection would pass as that file. */
+static __noinline void forget_new_socket(int fd)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (traced(tgid))
+		forget_verdict(tgid, fd);
+}
+
 /* heads: the fallback program's data path (bpf/heads.bpf.h) instead of the frame walker's */
 static __always_inline int on_sys_exit(struct pt_regs *regs, long ret, const bool heads)
 {
@@ -1337,6 +1350,10 @@ static __always_inline int on_sys_exit(struct pt_regs *regs, long ret, const boo
 	case OKE_NR_connect: kind = OP_CONNECT; direction = 0; break;
 	case OKE_NR_accept:
 	case OKE_NR_accept4: kind = OP_ACCEPT; direction = 0; break;
+	case OKE_NR_socket:
+		if (ret >= 0)
+			forget_new_socket(ret);
+		return 0;
 	case OKE_NR_mmap:
 		/* a file mapped executable (a library loaded): the agent looks for TLS libraries in it at once,
 		 * before the process's first TLS connection if it can */
@@ -1345,8 +1362,7 @@ static __always_inline int on_sys_exit(struct pt_regs *regs, long ret, const boo
 		return 0;
 	case OKE_NR_close:
 	case OKE_NR_dup2:
-	case OKE_NR_dup3:
-	case OKE_NR_socket: {
+	case OKE_NR_dup3: {
 		if (ret < 0)
 			return 0;
 		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -1355,10 +1371,9 @@ static __always_inline int on_sys_exit(struct pt_regs *regs, long ret, const boo
 		if (OKE_SYSCALL_NR(regs) == OKE_NR_close) {
 			on_close(tgid, OKE_SYSCALL_ARG1(regs));
 		} else {
-			/* newfd now names another file: a verdict cached for it no longer holds. A new socket's
-			 * number too: the close() of the file that had it may be a run the kernel skipped, and
-			 * connect() another, and then the whole connection would pass as that file. */
-			int newfd = OKE_SYSCALL_NR(regs) == OKE_NR_socket ? (int)ret : (int)OKE_SYSCALL_ARG2(regs);
+			/* newfd now names another file: a verdict cached for it no longer holds (not forget_verdict:
+			 * a call here costs the syscall program 8 B of frame, 32 B of every chain after rounding) */
+			int newfd = OKE_SYSCALL_ARG2(regs);
 			__u64 key = fd_key(tgid, newfd);
 			bpf_map_delete_elem(&fd_verdicts, &key);
 		}
